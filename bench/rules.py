@@ -20,6 +20,8 @@ numerically where their definitions match:
 - nnm: same definition (n-f nearest, itself included); ByzFL ranks by cdist.
 - trmean: same definition (b = f).
 ByzFL 0.0.11 has no Bulyan, sign majority or resampling; those rows have no ByzFL column.
+``NAME+compile`` rows (n <= 32): the sorting network as one compiled kernel (``--compile-rules``);
+the line also gives the first call's time, which includes compiling.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import preagg, rules  # noqa: E402
+from common import preagg, rules, sortnet  # noqa: E402
 
 DEFAULT_SIZES = ((10, 2_000_000), (25, 1_000_000), (100, 100_000))
 
@@ -43,21 +45,24 @@ def f_for(n: int) -> int:
     return max(1, n // 5)
 
 
-def timeit(fn, reps: int) -> tuple[float, object]:
+def timeit(fn, reps: int) -> tuple[float, object, float]:
+    """(median time, output, warm-up time); the warm-up call also compiles, where a rule does."""
+    t0 = time.perf_counter()
     out = fn()  # warm-up (also the value checked for agreement)
+    warm = time.perf_counter() - t0
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+    return statistics.median(times), out, warm
 
 
 def ours(n: int, d: int, f: int) -> dict:
     """name -> (callable on x, description)."""
     fb = min(f, (n - 3) // 4)
     g = lambda: torch.Generator().manual_seed(0)
-    return {
+    impls = {
         "mean": lambda x: rules.mean(x),
         "krum": lambda x: rules.krum(x, f, neighbours=n - f - 1),
         "multikrum": lambda x: rules.multikrum(x, f, m=n - f, neighbours=n - f - 1),
@@ -71,6 +76,11 @@ def ours(n: int, d: int, f: int) -> dict:
         "resampling:2": lambda x: preagg.resampling(x, 2, g()),
         "nnm": lambda x: preagg.nnm(x, f),
     }
+    if n <= sortnet.COMPILE_MAX_N:  # the sorting network as one torch.compile kernel
+        impls["cm+compile"] = lambda x: rules.coordinate_median(x, compiled=True)
+        impls["trmean+compile"] = lambda x: rules.trimmed_mean(x, f, compiled=True)
+        impls[f"bulyan+compile(f={fb})"] = lambda x: rules.bulyan(x, fb, compiled=True)
+    return impls
 
 
 def byzfl_impls(n: int, f: int) -> dict:
@@ -138,21 +148,23 @@ def run(sizes, reps: int, byz_reps: int, skip_byzfl: bool) -> None:
         mb = x.numel() * 4 / 2**20
         print(f"\n(n, d) = ({n}, {d}), f = {f}, stack {mb:.0f} MiB, median of {reps} "
               f"(ByzFL: {byz_reps})")
-        print(f"{'rule':<16}{'ours ms':>10}{'x mean':>8}{'ByzFL ms':>11}{'ByzFL/ours':>12}  agree")
+        print(f"{'rule':<22}{'ours ms':>10}{'x mean':>8}{'ByzFL ms':>11}{'ByzFL/ours':>12}  agree")
         t_mean = None
         for name, fn in impls.items():
-            t, out = timeit(lambda: fn(x), reps)
+            t, out, warm = timeit(lambda: fn(x), reps)
             if name == "mean":
                 t_mean = t
-            line = f"{name:<16}{1e3 * t:>10.1f}{t / t_mean:>8.2f}"
-            key = name.split("(")[0]
+            line = f"{name:<22}{1e3 * t:>10.1f}{t / t_mean:>8.2f}"
+            key = name.split("(")[0].split("+")[0]
             if key in theirs:
                 try:
-                    tb, out_b = timeit(lambda: theirs[key](x), byz_reps)
+                    tb, out_b, _ = timeit(lambda: theirs[key](x), byz_reps)
                     line += f"{1e3 * tb:>11.1f}{tb / t:>12.1f}  {agree(out, out_b, x)}"
                 except Exception as e:  # ByzFL's own limits, e.g. torch.quantile's 16M cap
                     msg = str(e).split("\n")[0][:60]
                     line += f"{'failed':>11}{'':>12}  ({type(e).__name__}: {msg})"
+            if "+compile" in name:
+                line += f"  (first call, compiling: {warm:.1f} s)"
             print(line, flush=True)
 
 

@@ -91,6 +91,24 @@ def test_same_seed_is_bit_identical_other_seed_differs(tmp_path):
     assert not torch.equal(ka["server"]["params"], kc["server"]["params"])
 
 
+def test_compiled_rules_train_to_the_same_model(tmp_path):
+    """--compile-rules on runs cm's sorting network compiled: the median picks the same values,
+    so the model is bit-identical to the eager run's; auto compiles only long runs."""
+    from common import sortnet
+    from master.server import compile_rules
+
+    argv = "-n 9 -f 2 --agg cm --pre none --attack alie --noniid --rounds 3 --eval-every 3"
+    _, a = train(tmp_path, "eager", argv + " --compile-rules off")
+    sortnet._compiled.cache_clear()
+    _, b = train(tmp_path, "compiled", argv + " --compile-rules on")
+    assert sortnet._compiled.cache_info().currsize == 1 and not sortnet._COMPILE_FAILED
+    load = lambda d: torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True)
+    assert torch.equal(load(a)["server"]["params"], load(b)["server"]["params"])
+    assert not compile_rules(Config(rounds=100), 200_000)
+    assert compile_rules(Config(rounds=500), 1_200_000)
+    assert not compile_rules(Config(rounds=10**6, compile_rules="off"), 10**7)
+
+
 def test_default_command_finishes_and_prints_accuracy(tmp_path):
     # `python main.py` with no arguments runs 150 rounds (timed in bench/rounds.py and the
     # README); here the same defaults with fewer rounds, through the real entry point.

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common import rules as R
+from common import sortnet
 from common.errors import ConfigError
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -28,12 +29,12 @@ def close(a, b, tol=1e-9):
 @contextlib.contextmanager
 def network_path(on: bool):
     """Force (on=True) or forbid (on=False) the sorting-network path of cm/trmean."""
-    old = R._NET_MIN_D
-    R._NET_MIN_D = 1 if on else 10**12
+    old = sortnet.MIN_D
+    sortnet.MIN_D = 1 if on else 10**12
     try:
         yield
     finally:
-        R._NET_MIN_D = old
+        sortnet.MIN_D = old
 
 
 def randn(n, d, seed, dtype=torch.float64):
@@ -122,6 +123,56 @@ def test_network_matches_sort(n):
     assert torch.allclose(R.coordinate_median(x), ref)
     for b in {0, 1, (n - 1) // 2}:
         assert torch.allclose(R.trimmed_mean(x, b), s[b:n - b].mean(0), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_network_equals_eager():
+    """The compiled sorting network (one torch.compile kernel) gives the eager network's values:
+    exactly for the median, up to summation rounding for the trimmed mean and Bulyan."""
+    for n, d in ((7, 3000), (10, 2050)):
+        x = randn(n, d, seed=n, dtype=torch.float32)
+        x[1, :7] = 1e30  # a hostile row: the network must not overflow or reorder it
+        assert torch.equal(R.coordinate_median(x, compiled=True), R.coordinate_median(x))
+        assert torch.allclose(R.trimmed_mean(x, 2, compiled=True), R.trimmed_mean(x, 2),
+                              rtol=1e-6, atol=1e-6)
+    y = randn(11, 2100, seed=3, dtype=torch.float32)
+    assert torch.allclose(R.bulyan(y, 2, compiled=True), R.bulyan(y, 2), rtol=1e-6, atol=1e-6)
+    rule = R.make_rule("cm", 10, 2)
+    rule.compiled = True
+    assert torch.equal(rule(randn(10, 4000, seed=1)), R.coordinate_median(randn(10, 4000, seed=1)))
+
+
+def test_compiled_network_falls_back_when_compiling_fails(monkeypatch):
+    """No C++ compiler (or any torch.compile failure): one warning, then the eager network."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(sortnet, "_COMPILE_FAILED", [])
+    monkeypatch.setattr(sortnet.torch, "compile", broken)
+    sortnet._compiled.cache_clear()
+    x = randn(5, 3000, seed=2, dtype=torch.float32)
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        out = R.coordinate_median(x, compiled=True)
+    assert torch.equal(out, x.median(dim=0).values)
+    assert torch.equal(R.trimmed_mean(x, 1, compiled=True), R.trimmed_mean(x, 1))  # no retry
+    sortnet._compiled.cache_clear()
+
+
+@pytest.mark.parametrize("dtype,scale", [(torch.float32, 1.0), (torch.float32, 1e30),
+                                         (torch.float64, 1e30)])
+def test_identical_rows_are_at_distance_zero_in_any_order(dtype, scale):
+    """Colluding attackers send identical rows. The Gram formula ||a||^2 + ||b||^2 - 2 a.b
+    cancels to order-dependent noise for them (about 1e44 at 1e30 entries), which broke ties in
+    Krum/Bulyan differently under a permutation; such pairs are recomputed directly."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 5, generator=g, dtype=dtype)
+    x[[2, 5, 7]] = scale * torch.tensor([1.0, -2.0, 3.0, 0.5, 7.0], dtype=dtype)
+    for perm in (torch.arange(9), torch.tensor([8, 7, 6, 5, 4, 3, 2, 1, 0])):
+        d = R.pairwise_sq_distances(x[perm])
+        inv = torch.argsort(perm)
+        d = d[inv][:, inv]
+        assert d[2, 5] == 0 and d[5, 7] == 0 and d[2, 7] == 0
+        assert d[0, 1] > 0 and torch.equal(d, d.T)
 
 
 def test_geometric_median_by_hand():
