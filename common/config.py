@@ -234,7 +234,8 @@ def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
                    help="directory holding the dataset files (default: standard locations)")
     g.add_argument("--partition", default=d.partition,
-                   help="iid | noniid | dirichlet:ALPHA | longtail")
+                   help="iid | noniid | dirichlet:ALPHA | shards:K (K label-sorted shards per "
+                   "worker, at least 2 classes each for K >= 2) | longtail")
     g.add_argument("--noniid", action="store_const", const="noniid", dest="partition",
                    help="same as --partition noniid")
     g.add_argument("--iid", action="store_const", const="iid", dest="partition",
@@ -610,7 +611,7 @@ def list_choices() -> str:
         "pre-aggregators: " + ", ".join(f"{p}:S" if p in ("bucketing", "resampling") else p
                                         for p in preagg.PREAGGREGATORS) + "  (chain with commas)",
         "attacks:         " + ", ".join(attacks.attack_names()),
-        "partitions:      iid, noniid, dirichlet:ALPHA, longtail",
+        "partitions:      iid, noniid, dirichlet:ALPHA, shards:K, longtail",
         "byz schedules:   " + ", ".join(BYZ_SCHEDULES),
         "lr schedules:    " + ", ".join(LR_SCHEDULES),
         "momentum styles: " + ", ".join(MOMENTUM_STYLES) + "  (default heavyball)",

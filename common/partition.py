@@ -14,6 +14,20 @@ Schemes (``--partition``):
   ALPHA approaches iid. The draws use ``numpy.random.default_rng`` seeded from the generator
   (torch distributions take no generator). If a shard ends up empty, one sample is moved to it
   from the currently largest shard (repeated until no shard is empty), so every worker can sample.
+- ``shards:K`` (integer K >= 1): McMahan et al. (2017)'s pathological non-iid split. Samples
+  are sorted by label (shuffled within each class), cut into ``num_shards * K`` contiguous shards
+  of (almost) equal size, and every worker gets K of them drawn at random without replacement
+  (``torch.randperm`` on the generator), so with balanced classes a worker holds at most K
+  classes (one more if a shard straddles a class boundary). Guarantee for K >= 2: every worker
+  holds at least two distinct classes whenever any assignment of the shards allows it, which is
+  exactly when, for every class c, at most ``(K - 1) * num_shards`` shards hold class c alone
+  (balanced classes: about ``num_shards * K / C`` each, so always when C >= 2 and K = 2; the
+  10 classes of Fashion-MNIST at n = 20, K = 2 give 4 single-class shards per class). After the
+  draw, each worker whose shards hold one class only swaps one of them with a shard of another
+  worker (searched in a random order from the generator) such that both then hold two or more
+  classes; under the condition above such a swap always exists and never breaks another worker.
+  Otherwise the workers no swap can fix keep their draw (no split avoids them). K = 1: one random
+  shard per worker (1-2 classes, like ``noniid`` with the blocks dealt at random).
 - ``longtail``: the caller first keeps only :func:`longtail_indices` of the train and test sets
   (class c keeps a 0.5**c fraction); the remaining training samples are then split iid.
 
@@ -34,11 +48,13 @@ import torch
 
 from .errors import ConfigError
 
-SCHEME_HELP = "iid, noniid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5), longtail"
+SCHEME_HELP = ("iid, noniid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5), "
+               "shards:K (integer K >= 1, e.g. shards:2), longtail")
 
 
-def parse_scheme(scheme: str) -> tuple[str, float | None]:
-    """``'dirichlet:0.5'`` -> ``('dirichlet', 0.5)``; ``'iid'`` -> ``('iid', None)``.
+def parse_scheme(scheme: str) -> tuple[str, float | int | None]:
+    """``'dirichlet:0.5'`` -> ``('dirichlet', 0.5)``; ``'shards:2'`` -> ``('shards', 2)``;
+    ``'iid'`` -> ``('iid', None)``.
 
     Accepts the aliases ``non-iid``/``non_iid`` and ``dir:ALPHA``. Raises ConfigError otherwise.
     """
@@ -55,6 +71,15 @@ def parse_scheme(scheme: str) -> tuple[str, float | None]:
         if math.isfinite(alpha) and alpha > 0:
             return "dirichlet", alpha
         raise ConfigError(f"bad partition '{scheme}': ALPHA must be a positive number; "
+                          f"valid forms: {SCHEME_HELP}")
+    if kind == "shards" and sep:
+        try:
+            k = int(arg)
+        except ValueError:
+            k = 0
+        if k >= 1:
+            return "shards", k
+        raise ConfigError(f"bad partition '{scheme}': K must be an integer >= 1; "
                           f"valid forms: {SCHEME_HELP}")
     raise ConfigError(f"unknown partition '{scheme}'; valid forms: {SCHEME_HELP}")
 
@@ -82,16 +107,75 @@ def iid_split(num_samples: int, num_shards: int, generator: torch.Generator) -> 
 def partition(labels: torch.Tensor, num_shards: int, scheme: str,
               generator: torch.Generator) -> list[torch.Tensor]:
     """Split ``range(len(labels))`` into ``num_shards`` index arrays by ``scheme`` (see module doc)."""
-    kind, alpha = parse_scheme(scheme)
+    kind, arg = parse_scheme(scheme)
     labels = torch.as_tensor(labels).long()
     _check(labels, num_shards)
     if kind in ("iid", "longtail"):
         return iid_split(len(labels), num_shards, generator)
     if kind == "noniid":
-        perm = torch.randperm(len(labels), generator=generator)
-        order = perm[torch.sort(labels[perm], stable=True).indices]
-        return _even_split(order, num_shards)
-    return _dirichlet_split(labels, num_shards, alpha, generator)
+        return _even_split(_label_order(labels, generator), num_shards)
+    if kind == "shards":
+        return _shards_split(labels, num_shards, int(arg), generator)
+    return _dirichlet_split(labels, num_shards, arg, generator)
+
+
+def _label_order(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Indices sorted by label, in a random order within each class."""
+    perm = torch.randperm(len(labels), generator=generator)
+    return perm[torch.sort(labels[perm], stable=True).indices]
+
+
+def _shards_split(labels, num_shards, k, generator):
+    """``shards:K``: K random label-sorted shards per worker, repaired so that with K >= 2 no
+    worker holds a single class when that can be avoided (see the module doc)."""
+    total = num_shards * k
+    if len(labels) < total:
+        raise ConfigError(f"partition shards:{k}: cannot cut {len(labels)} training samples into "
+                          f"{num_shards} x {k} = {total} non-empty shards; use a smaller K, fewer "
+                          f"workers or a larger dataset")
+    pieces = _even_split(_label_order(labels, generator), total)
+    classes = [frozenset(torch.unique(labels[p]).tolist()) for p in pieces]
+    draw = torch.randperm(total, generator=generator).tolist()
+    owned = [draw[i * k:(i + 1) * k] for i in range(num_shards)]
+    if k >= 2:
+        _repair_single_class(owned, classes, generator)
+    return [torch.cat([pieces[j] for j in sorted(own)]) for own in owned]
+
+
+def _single_class(shards: list[int], classes) -> int | None:
+    """The one class the given shards hold, or None if they hold two or more."""
+    held = frozenset().union(*(classes[j] for j in shards))
+    return next(iter(held)) if len(held) == 1 else None
+
+
+def _repair_single_class(owned: list[list[int]], classes, generator) -> None:
+    """Swap shards (in place) until no worker holds a single class, where a swap can fix it.
+
+    A worker i holding only class c gives one of its (pure-c) shards to a worker j and takes a
+    shard t of j that holds another class, provided j's remaining shards hold a class other than
+    c (so j keeps two or more classes; j may itself have been a single-class worker of another
+    class). Worker i then holds c and the other class. Such a swap exists unless every other worker
+    holds at least K - 1 pure-c shards, i.e. unless pure-c shards number more than (K - 1) n, and
+    then no assignment avoids a single-class worker (pigeonhole)."""
+    n = len(owned)
+    order = torch.randperm(n, generator=generator).tolist()  # random candidate order
+    for i in range(n):
+        c = _single_class(owned[i], classes)
+        if c is None:
+            continue
+        done = False
+        for j in order:
+            if j == i:
+                continue
+            for pos, t in enumerate(owned[j]):
+                rest = owned[j][:pos] + owned[j][pos + 1:]
+                if classes[t] <= {c} or not any(classes[r] - {c} for r in rest):
+                    continue
+                owned[i][0], owned[j][pos] = t, owned[i][0]
+                done = True
+                break
+            if done:
+                break
 
 
 def _dirichlet_split(labels, num_shards, alpha, generator):

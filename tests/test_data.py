@@ -6,8 +6,8 @@ import torch
 from common import data as data_mod
 from common.data import dataset_names, load_dataset
 from common.errors import ConfigError
-from common.partition import (label_counts, longtail_indices, mimic2_layout, pad_shards,
-                              parse_scheme, partition, sample_batches)
+from common.partition import (_repair_single_class, label_counts, longtail_indices, mimic2_layout,
+                              pad_shards, parse_scheme, partition, sample_batches)
 
 
 def gen(seed=0):
@@ -115,8 +115,10 @@ def test_parse_scheme():
     assert parse_scheme("noniid") == ("noniid", None)
     assert parse_scheme("dirichlet:0.5") == ("dirichlet", 0.5)
     assert parse_scheme("longtail") == ("longtail", None)
-    for bad in ("dirichlet:abc", "dirichlet:-1", "dirichlet", "sorted", "iid:3"):
-        with pytest.raises(ConfigError, match="dirichlet:ALPHA"):
+    assert parse_scheme("shards:2") == ("shards", 2) and parse_scheme("SHARDS:10") == ("shards", 10)
+    for bad in ("dirichlet:abc", "dirichlet:-1", "dirichlet", "sorted", "iid:3", "shards",
+                "shards:0", "shards:-2", "shards:1.5", "shards:two"):
+        with pytest.raises(ConfigError, match=r"dirichlet:ALPHA.*shards:K"):
             parse_scheme(bad)
 
 
@@ -161,6 +163,75 @@ def test_dirichlet_no_empty_shard():
         assert min(len(s) for s in shards) >= 1 and covers_once(shards, 60)
 
 
+def test_shards_by_hand():
+    # 12 samples, 4 per class: shards:2 over 3 workers cuts 6 shards of 2 samples, two per class
+    # ({0}, {0}, {1}, {1}, {2}, {2}); a random draw pairs two shards of one class with
+    # probability 7/15, and the repair must leave every worker with exactly two classes, 2 + 2.
+    y = torch.tensor([2, 0, 1, 0, 2, 1, 0, 2, 1, 0, 1, 2])
+    for seed in range(30):
+        shards = partition(y, 3, "shards:2", gen(seed))
+        assert covers_once(shards, 12) and [len(s) for s in shards] == [4, 4, 4]
+        counts = label_counts(y, shards, 3)
+        assert counts.sum(0).tolist() == [4, 4, 4]
+        for row in counts.tolist():
+            assert sorted(row) == [0, 2, 2]
+    # shards:1 is one random shard (one class here) per worker
+    one = partition(y, 6, "shards:1", gen(0))
+    assert covers_once(one, 12) and (label_counts(y, one, 3) > 0).sum(1).tolist() == [1] * 6
+
+
+def test_shards_repair_swaps_a_single_class_worker():
+    classes = [frozenset({c}) for c in (0, 0, 1, 1, 2, 2)]
+    owned = [[0, 1], [2, 4], [3, 5]]  # worker 0 holds class 0 twice
+    _repair_single_class(owned, classes, gen(0))
+    assert sorted(t for own in owned for t in own) == list(range(6))
+    for own in owned:
+        assert len({c for t in own for c in classes[t]}) == 2
+    # Two single-class workers of different classes fix each other.
+    owned = [[0, 1], [2, 3], [4, 5]]
+    _repair_single_class(owned, classes, gen(1))
+    assert all(len({c for t in own for c in classes[t]}) == 2 for own in owned)
+
+
+def test_shards_when_one_class_dominates():
+    # 10 samples of class 0, 2 of class 1: 6 shards of 2, five of them class 0 only, more than
+    # (K - 1) n = 3, so two of the three workers must hold class 0 alone; the split stays valid.
+    y = torch.tensor([0] * 10 + [1] * 2)
+    for seed in range(10):
+        shards = partition(y, 3, "shards:2", gen(seed))
+        assert covers_once(shards, 12)
+        assert sorted((label_counts(y, shards, 2) > 0).sum(1).tolist()) == [1, 1, 2]
+
+
+def test_shards_fashionmnist_like_every_client_two_classes():
+    # Fashion-MNIST's training labels: 60000 samples, 6000 per class, in random order; n = 20,
+    # shards:2 gives 40 shards of 1500 samples, each of one class; every client gets 2 classes.
+    y = torch.arange(10).repeat_interleave(6000)[torch.randperm(60000, generator=gen(5))]
+    for seed in range(10):
+        shards = partition(y, 20, "shards:2", gen(seed))
+        assert covers_once(shards, 60000) and all(len(s) == 3000 for s in shards)
+        counts = label_counts(y, shards, 10)
+        assert counts.sum(0).tolist() == [6000] * 10
+        assert ((counts > 0).sum(1) == 2).all()
+        assert bool(((counts == 0) | (counts == 1500) | (counts == 3000)).all())
+        assert int(counts.max()) == 1500  # never two shards of the same class
+    assert not all(torch.equal(a, b) for a, b in zip(partition(y, 20, "shards:2", gen(0)),
+                                                     partition(y, 20, "shards:2", gen(1))))
+
+
+def test_shards_uneven_digits_at_least_two_classes(digits):
+    y = digits.y_train  # 1438 samples, unbalanced classes: some shards straddle two classes
+    for seed in range(5):
+        shards = partition(y, 20, "shards:2", gen(seed))
+        assert covers_once(shards, len(y))
+        assert int((label_counts(y, shards, 10) > 0).sum(1).min()) >= 2
+
+
+def test_shards_too_many():
+    with pytest.raises(ConfigError, match="shards:2"):
+        partition(torch.arange(5) % 2, 3, "shards:2", gen())
+
+
 def test_longtail_fractions():
     y = torch.arange(10).repeat_interleave(1000)
     keep = longtail_indices(y, gen())
@@ -188,7 +259,7 @@ def test_mimic2_layout(digits):
 
 def test_partitions_deterministic(digits):
     y = digits.y_train
-    for scheme in ("iid", "noniid", "dirichlet:0.3"):
+    for scheme in ("iid", "noniid", "dirichlet:0.3", "shards:2"):
         a = partition(y, 6, scheme, gen(11))
         b = partition(y, 6, scheme, gen(11))
         c = partition(y, 6, scheme, gen(12))
