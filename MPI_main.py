@@ -20,6 +20,8 @@ import socket
 import sys
 import traceback
 
+import common.startup  # noqa: F401  (first: settings read when torch loads)
+
 # Header of the start-up broadcast: [run?, exit code, length of the JSON config].
 RUN, EXIT = 1, 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+import common.startup  # noqa: F401  (first: settings read when torch loads)
 from common.cli import exit_on_config_error, resolve_run
 
 

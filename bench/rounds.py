@@ -23,11 +23,12 @@ import sys
 import tempfile
 import time
 
-import torch
-import torch.nn.functional as F
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+import common.startup  # noqa: E402,F401  (before torch)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from common.attacks import make_attack  # noqa: E402
 from common.config import Config, attack_params  # noqa: E402

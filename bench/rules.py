@@ -31,9 +31,10 @@ import statistics
 import sys
 import time
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import common.startup  # noqa: E402,F401  (before torch)
+import torch  # noqa: E402
 
 from common import preagg, rules, sortnet  # noqa: E402
 
