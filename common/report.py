@@ -107,6 +107,39 @@ def varying_keys(runs: Sequence[RunLog]) -> list[str]:
     return [k for k in vary if k == "agg" or not set_by_agg(k)]
 
 
+def determined(runs: Sequence[RunLog], key: str, by: Sequence[str]) -> bool:
+    """True if ``key``'s value is a function of the values of the ``by`` keys across ``runs``
+    (e.g. each model's lr given the model): such a key splits no cell of a table over ``by``."""
+    seen: dict[tuple, Any] = {}
+    for r in runs:
+        k = tuple(_hashable(r.config.get(b)) for b in by)
+        if seen.setdefault(k, _hashable(r.config.get(key))) != _hashable(r.config.get(key)):
+            return False
+    return True
+
+
+def layout_keys(exp_name: str) -> tuple[str, ...]:
+    """Every key the experiment's Layout names (empty for an unknown experiment)."""
+    try:
+        from experiments.grids import EXPERIMENTS
+    except ImportError:
+        return ()
+    if exp_name not in EXPERIMENTS:
+        return ()
+    lay = EXPERIMENTS[exp_name].layout
+    return tuple(dict.fromkeys(lay.rows + lay.cols + lay.facet_rows + lay.facet_cols))
+
+
+def table_keys(runs: Sequence[RunLog], keys: Sequence[str], named: Sequence[str]) -> list[str]:
+    """``keys`` without those the ``named`` (layout) keys determine: per-model learning rates,
+    per-attack schedules and the like stay in results.csv but add no rows, columns or line
+    labels of their own."""
+    by = [k for k in named if k in keys]
+    if not by:
+        return list(keys)
+    return [k for k in keys if k in by or not determined(runs, k, by)]
+
+
 def _hashable(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
@@ -264,6 +297,10 @@ def _grid_axes(plt, nr: int, nc: int, w: float = 3.4, h: float = 2.6):
 def plot_curves(path: str, runs, keys, frows, fcols, key="test_accuracy", ylabel="test accuracy (%)") -> bool:
     """Accuracy vs round, one subplot per facet cell, one line per remaining cell (seed mean)."""
     hue = [k for k in keys if k not in frows + fcols]
+    # A line key fixed by the subplot (e.g. the schedule an attack implies) would only lengthen
+    # the labels and split one rule's colour across subplots.
+    if frows + fcols:
+        hue = [k for k in hue if not determined(runs, k, list(frows + fcols))]
     series: dict[tuple, dict[tuple, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in runs:
         f = (tuple(_hashable(r.config.get(k)) for k in frows), tuple(_hashable(r.config.get(k)) for k in fcols))
@@ -465,8 +502,16 @@ def plot_c1c2(path: str, runs, facet: Sequence[str]) -> bool:
         return False
     plt = _plt()
     keys = list(pts)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys) + 0.6, 3.2), squeeze=False)
-    for ax, k in zip(axes[0], keys):
+    # Two facet keys (e.g. model x attack): one row per value of the first, else one row.
+    rows_v = _ordered(k[:1] for k in keys) if len(facet) == 2 else [()]
+    cols_v = _ordered(k[len(rows_v[0]):] for k in keys)
+    fig, axes = plt.subplots(len(rows_v), len(cols_v),
+                             figsize=(3.6 * len(cols_v) + 0.6, 3.2 * len(rows_v)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for k in keys:
+        ax = axes[rows_v.index(k[:len(rows_v[0])])][cols_v.index(k[len(rows_v[0]):])]
+        ax.set_visible(True)
         for is_byz, color, name in ((False, "tab:blue", "honest"), (True, "tab:red", "Byzantine")):
             xs, ys = pts[k][is_byz]
             ax.scatter(xs, ys, s=4, alpha=0.3, color=color, label=name, linewidths=0)
@@ -497,13 +542,14 @@ def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
     runs, unfinished = load_runs(exp_dir)
     runs = grid_order(name, runs)
     keys = varying_keys(runs)
-    rows, cols, frows, fcols, selection = resolve_layout(name, keys)
+    shown = table_keys(runs, keys, layout_keys(name))
+    rows, cols, frows, fcols, selection = resolve_layout(name, shown)
     csv_rows = [row_of(r, keys) for r in runs]
     write_csv(os.path.join(exp_dir, "results.csv"), csv_rows)
 
     figures = []
     if runs:
-        if plot_curves(os.path.join(exp_dir, "curves.png"), runs, keys, frows, fcols):
+        if plot_curves(os.path.join(exp_dir, "curves.png"), runs, shown, frows, fcols):
             figures.append("curves.png")
         g = plot_grid(os.path.join(exp_dir, "heatmap.png"), os.path.join(exp_dir, "bars.png"),
                       runs, rows, cols, f"{name}: final test accuracy, seed mean")
@@ -512,10 +558,11 @@ def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
         if selection and plot_selection(os.path.join(exp_dir, "selection.png"), runs, frows, fcols):
             figures.append("selection.png")
         if plot_c1c2(os.path.join(exp_dir, "c1c2.png"), [r for r in runs if r.config.get("agg") == "diversefl"],
-                     [k for k in keys if k == "attack"]):
+                     [k for k in shown if k in ("model", "attack")]):
             figures.append("c1c2.png")
 
-    md = _markdown(name, runs, unfinished, keys, rows, cols, figures)
+    md = _markdown(name, runs, unfinished, keys, rows, cols, figures,
+                   [k for k in keys if k not in shown])
     with open(os.path.join(exp_dir, "report.md"), "w") as fh:
         fh.write(md)
     if not quiet:
@@ -525,7 +572,7 @@ def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
     return {"runs": len(runs), "unfinished": unfinished, "figures": figures}
 
 
-def _markdown(name, runs, unfinished, keys, rows, cols, figures) -> str:
+def _markdown(name, runs, unfinished, keys, rows, cols, figures, implied=()) -> str:
     try:
         from experiments.grids import EXPERIMENTS
         exp = EXPERIMENTS.get(name)
@@ -543,6 +590,9 @@ def _markdown(name, runs, unfinished, keys, rows, cols, figures) -> str:
                          "rounds") if k not in keys and k in c]
     out += ["Setting: " + ", ".join(f"{k}={c[k]}" for k in fixed) +
             f"; {len(runs)} runs, seeds {seeds}.", ""]
+    if implied:
+        out += ["Set per cell by the table's keys (values in results.csv): " +
+                ", ".join(implied) + ".", ""]
     out += ["Final test accuracy (%), mean ± std over seeds:", "", markdown_table(runs, rows, cols), ""]
     if any("final_backdoor_accuracy" in r.summary for r in runs):
         bd = [r for r in runs if "final_backdoor_accuracy" in r.summary]

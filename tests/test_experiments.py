@@ -106,3 +106,37 @@ def test_cli_menu_and_bad_name(capsys):
     assert "noattack" in capsys.readouterr().out
     assert runner.main(["nope"]) == 2
     assert "unknown experiment 'nope'" in capsys.readouterr().err
+
+
+def test_implied_flags_stay_out_of_names_and_table(tmp_path):
+    exp = grids.get("diversefl_fmnist")
+    runs = exp.runs()
+    assert len(runs) == 2 * 3 * 6 * 2  # models x attacks x rules x seeds
+    by_name = {r.name: r.flags for r in runs}
+    mlp_bd = by_name["model-mlp__attack-backdoor__agg-rsa__seed-1"]
+    assert (mlp_bd["partition"], mlp_bd["byz_schedule"], mlp_bd["lr"], mlp_bd["lr_milestones"],
+            mlp_bd["rsa_delta"]) == ("shards:2", "markov", 0.06, (150, 250), 1e-3)
+    soft_lf = by_name["model-softmax__attack-labelflip__agg-cm__seed-0"]
+    assert (soft_lf["partition"], soft_lf["byz_schedule"], soft_lf["weight_decay"]) == (
+        "noniid", "random", 0.0067) and "rsa_delta" not in soft_lf
+    assert grids.get("diversefl_fmnist").runs(full=True)[-1].flags["lr_milestones"] == (500, 950)
+
+    def log(model, attack, agg, seed, acc):
+        cell = {"model": model, "attack": attack, "agg": agg}
+        config = {"rsa_delta": 0.2635, **cell, **grids._diversefl_fmnist_implied(cell, False),
+                  "seed": seed}  # a run's config.json holds every field
+        return report.RunLog(grids.run_name(cell, seed), config, {"final_test_accuracy": acc}, [])
+
+    logs = [log(m, a, g, s, 50.0 + s) for m in ("softmax", "mlp") for a in ("labelflip", "backdoor")
+            for g in ("cm", "rsa") for s in (0, 1)]
+    keys = report.varying_keys(logs)
+    assert {"lr", "partition", "byz_schedule", "rsa_delta"} <= set(keys)
+    assert report.determined(logs, "lr", ["model"]) and not report.determined(logs, "lr", ["agg"])
+    shown = report.table_keys(logs, keys, report.layout_keys("diversefl_fmnist"))
+    assert shown == [k for k in keys if k in ("model", "attack", "agg", "partition", "byz_schedule")]
+    rows, cols, *_ = report.resolve_layout("diversefl_fmnist", shown)
+    table = report.markdown_table(logs, rows, cols).splitlines()
+    assert table[0] == "| model | agg | labelflip, noniid, sched=random | backdoor, shards:2, sched=markov |"
+    assert table[2] == "| softmax | cm | 50.5 ± 0.7 | 50.5 ± 0.7 |"
+    # An unknown experiment keeps every varying key.
+    assert report.table_keys(logs, keys, report.layout_keys("nosuch")) == keys
