@@ -92,7 +92,7 @@ def test_momentum_conventions_by_hand(style):
     p1 = p0 - 0.5 * torch.ones_like(p0) * 0.01
     g0 = group.gradients(p0, *group.batches(0))
     g1 = group.gradients(p1, *group.batches(1))
-    m0 = group.compute(p0, 0, no_byz)
+    m0 = group.compute(p0, 0, no_byz).clone()  # the messages are the live momentum buffer
     m1 = group.compute(p1, 1, no_byz)
     if style == "heavyball":      # m <- beta m + g
         want0, want1 = g0, beta * g0 + g1
@@ -101,6 +101,23 @@ def test_momentum_conventions_by_hand(style):
     torch.testing.assert_close(m0, want0, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(m1, want1, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(g0, g1)
-    # the message is a copy: the rule may modify it without touching the worker's state
-    m1.zero_()
-    assert group.momenta.abs().sum() > 0
+    assert m1.data_ptr() == group.momenta.data_ptr()  # no (k, d) copy per round
+
+
+def test_byzantine_momenta_are_lent_to_the_attack_and_restored():
+    """Messages are the momentum buffer; an attack overwrites the Byzantine rows in place, and
+    the next round (or a checkpoint) puts the worker's own momentum back, so the Byzantine
+    worker's momentum follows its own gradients exactly as an honest worker's would."""
+    cfg = Config(model="softmax", num_workers=3, num_byzantine=1, attack="signflip", agg="mean",
+                 pre="none", momentum=0.9, batch_size=8)
+    problem = build_problem(cfg)
+    attacked, clean = make_group(cfg, problem, range(3)), make_group(cfg, problem, range(3))
+    byz = torch.tensor([False, False, True])
+    p = problem.init_params.clone()
+    for t in range(3):
+        m = attacked.compute(p, t, byz)
+        ref = clean.compute(p, t, torch.zeros(3, dtype=torch.bool))
+        torch.testing.assert_close(m[2], -ref[2])          # sign flip of its own momentum
+        torch.testing.assert_close(m[:2], ref[:2])
+        m[2] = 123.0                                        # the server may scribble on rows too
+    torch.testing.assert_close(attacked.state_dict()["momenta"], clean.momenta)

@@ -260,6 +260,23 @@ def test_permutation_invariance_with_hostile_rows(name, f, extra, d, kind, seed,
     assert torch.allclose(a, b, rtol=1e-9, atol=1e-9), name
 
 
+@pytest.mark.parametrize("d", [5, 3000])
+def test_no_rule_or_preaggregator_writes_its_input(d):
+    """The server's message matrix is the workers' momentum buffer in main.py (no copy), so the
+    chain and every rule must leave their input untouched."""
+    x = torch.randn(12, d, generator=torch.Generator().manual_seed(d))
+    x[3] = 1e30
+    ref = x.clone()
+    for name in ALL_RULES:
+        rule = R.make_rule(name, 12, 2)
+        for _ in range(2):  # stateful rules (cclip) take a second path from their state
+            rule(x, honest=torch.ones(12, dtype=torch.bool))
+        assert torch.equal(x, ref), name
+    for spec in ("bucketing:2", "resampling:2", "nnm", "bucketing:2,nnm"):
+        make_chain(spec, 12, 2)(x, torch.Generator().manual_seed(0))
+        assert torch.equal(x, ref), spec
+
+
 def test_cclip_from_a_given_center_is_symmetric():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(9, 4, generator=g, dtype=torch.float64)

@@ -51,6 +51,7 @@ class WorkerGroup:
         self.flat = problem.flat
         self.path = choose_path(cfg, device)
         self.momenta = torch.zeros(self.k, problem.dim, device=device)
+        self._lent: tuple[Tensor, Tensor] | None = None  # (rows, their momenta): see compute()
         self.losses = torch.zeros(self.k)
         self._vgrad = vmap(grad_and_value(self._loss), in_dims=(None, 0, 0))
         self.backdoor = (BackdoorSampler(cfg, problem, ids, attack.source, device)
@@ -133,18 +134,35 @@ class WorkerGroup:
         are already attacked for attacks that need only their own data; for omniscient attacks
         they hold the worker's own momentum and :meth:`craft` replaces them once the honest
         messages of the round are known.
+
+        The returned tensor *is* the momentum buffer (no (k, d) copy: at ResNet-18 size with
+        n = 100 that copy is 4 GiB). Callers may overwrite the Byzantine rows in place (attacks),
+        and the server zeroes non-finite rows in place; the Byzantine workers' own momenta are
+        lent out and put back at the next :meth:`compute` or :meth:`state_dict`. (Under
+        ``nmedian`` the honest rows get upload noise, so the messages are a copy.)
         """
+        self._restore_lent()
         x, y = self.round_batches(t, byz)
         self._grads_into(params, x, y, self.momenta, self.cfg.momentum,
                          ema=self.cfg.momentum_style == "ema")
-        # A copy: omniscient attacks and the server overwrite rows of the messages in place.
-        msgs = self.momenta.clone()
+        rows = byz.nonzero().flatten()
         if self.cfg.agg == "nmedian":
+            msgs = self.momenta.clone()
             self._add_upload_noise(msgs, t, ~byz)
-        if byz.any() and not self.attack.omniscient:
-            rows = byz.nonzero().flatten()
+        else:
+            msgs = self.momenta
+            if len(rows):
+                self._lent = (rows, self.momenta[rows].clone())
+        if len(rows) and not self.attack.omniscient:
             msgs[rows] = self.craft(msgs[rows], None, t, rows)
         return msgs
+
+    def _restore_lent(self) -> None:
+        """Put back the Byzantine workers' momenta that the last messages lent out."""
+        if self._lent is not None:
+            rows, saved = self._lent
+            self.momenta[rows] = saved
+            self._lent = None
 
     def craft(self, own: Tensor, honest: Tensor | None, t: int, local_rows: Tensor) -> Tensor:
         """Attacked messages of the group's Byzantine workers ``local_rows`` (own: their momenta)."""
@@ -170,9 +188,11 @@ class WorkerGroup:
 
     # -- checkpoint ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        self._restore_lent()
         return {"momenta": self.momenta.cpu(), "attack": self.attack.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
+        self._lent = None
         self.momenta.copy_(d["momenta"].to(self.device))
         self.attack.load_state_dict(d["attack"])
 
