@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from common.config import Config, list_choices, parse_args, validate
 from common.errors import ConfigError
-from common.io import read_json
+from common.io import read_json, write_json
 
 
 def resolve_run(argv: Sequence[str] | None, prog: str) -> tuple[Config, str, bool] | None:
@@ -33,10 +33,15 @@ def resolve_run(argv: Sequence[str] | None, prog: str) -> tuple[Config, str, boo
             raise ConfigError(f"--resume {run_dir}: cannot read config.json ({_one_line(e)})") from None
         _check_checkpoint(run_dir)
         given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
-        if "--rounds" in given or "--iterations" in given:
-            cfg.rounds = ns.rounds
         if "--no-progress" in given:
             cfg.progress = False
+        if "--rounds" in given or "--iterations" in given:
+            cfg.rounds = ns.rounds
+            validate(cfg)
+            # the run's target is now R: a later --resume without --rounds continues to R too
+            saved = read_json(cfg_path)
+            saved["rounds"] = cfg.rounds
+            write_json(cfg_path, saved)
         validate(cfg)
         return cfg, run_dir, True
     run_dir = cfg.output or os.path.join("outputs", cfg.run_name())

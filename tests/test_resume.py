@@ -102,6 +102,10 @@ def test_resume_truncates_rounds_logged_after_the_checkpoint(tmp_path):
     run(["--resume", d, "--rounds", K + 2, "--no-progress"])
     rounds = [r["round"] for r in read_metrics(d / "metrics.jsonl")]
     assert rounds == list(range(K + 2))
+    # the new target is the run's: config.json says K + 2, and a bare --resume has nothing to do
+    assert json.loads((d / "config.json").read_text())["rounds"] == K + 2
+    assert run(["--resume", d, "--no-progress"])["rounds"] == K + 2
+    assert len(read_metrics(d / "metrics.jsonl")) == K + 2
 
 
 def test_crash_during_write_keeps_previous_files(tmp_path, monkeypatch):
