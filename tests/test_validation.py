@@ -203,16 +203,170 @@ def test_defaults_and_boundaries_are_accepted():
         parse_args(argv)
 
 
-def test_hostfile_unreadable(tmp_path):
-    from common.config import build_parser
+# -- the hostfile: mpiexec reads it before any Python starts, so users check it first with
+# python -m hosts.check (hosts/check.py); these run it as users do, in a subprocess (stdlib only,
+# no torch import: about 0.1 s each)
 
-    if "--hostfile" not in build_parser("MPI_main.py").format_help():
-        pytest.skip("the hostfile is read by mpiexec (mpiexec -f FILE), before MPI_main.py starts; "
-                    "MPI_main.py takes no --hostfile flag to validate")
-    r = subprocess.run([sys.executable, "MPI_main.py", "--hostfile", str(tmp_path / "none")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+def _check_hosts(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "hosts.check", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+GOOD_HOSTFILE = ("# the server's node first\n"
+                 "\n"
+                 "localhost:2\n"
+                 "   # an indented comment\n"
+                 "127.0.0.1:3 user=root\n"
+                 "localhost\n")
+
+
+def test_hostfile_good_file_prints_one_summary_line(tmp_path):
+    hf = tmp_path / "hosts"
+    hf.write_text(GOOD_HOSTFILE)
+    r = _check_hosts(hf)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1, r.stdout
+    # 2 distinct hosts, 2 + 3 + 1 slots (no count = 1), rank 0 on the first entry
+    assert lines[0].startswith(f"{hf}: 2 hosts, 6 slots (localhost:2, 127.0.0.1:3, localhost:1)")
+    assert "rank 0 (the server) runs on localhost" in lines[0]
+    r = _check_hosts(hf, "-n", 6)
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.rstrip().endswith("; -n 6 fits")
+
+
+def test_hostfile_more_ranks_than_slots_is_a_warning(tmp_path):
+    hf = tmp_path / "hosts"
+    hf.write_text(GOOD_HOSTFILE)
+    r = _check_hosts(hf, "-n", 7)
+    assert r.returncode == 0, r.stderr
+    [warning] = r.stderr.splitlines()
+    assert warning.startswith(f"warning: {hf}: -n 7 is more than its 6 slots")
+    assert "oversubscribes" in warning
+    assert len(r.stdout.splitlines()) == 1 and "fits" not in r.stdout
+
+
+def test_hostfile_missing_or_a_directory(tmp_path):
+    r = _check_hosts(tmp_path / "nope")
+    assert r.returncode == 2 and r.stdout == ""
+    assert _one_clear_line(r.stderr) == f"error: {tmp_path / 'nope'}: no such file"
+    # mpiexec -f DIR silently runs every rank on the launch node: the check refuses it
+    r = _check_hosts(tmp_path)
     assert r.returncode == 2
-    assert "hostfile" in _one_clear_line(r.stderr)
+    assert _one_clear_line(r.stderr) == f"error: {tmp_path}: is a directory, not a hostfile"
+
+
+def test_hostfile_without_read_permission(tmp_path, monkeypatch, capsys):
+    hf = tmp_path / "hosts"
+    hf.write_text(GOOD_HOSTFILE)
+    hf.chmod(0)
+    if os.geteuid() != 0:
+        r = _check_hosts(hf)
+        assert r.returncode == 2
+        assert _one_clear_line(r.stderr) == f"error: {hf}: permission denied (cannot read it)"
+        return
+    # root reads a mode-000 file anyway, so the denial is simulated where the checker opens it
+    from hosts import check
+
+    assert _check_hosts(hf).returncode == 0          # really readable by root
+    real_open = open
+
+    def denying_open(path, *a, **kw):
+        if str(path) == str(hf):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(check, "open", denying_open, raising=False)
+    assert check.main([str(hf)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and _one_clear_line(err) == f"error: {hf}: permission denied (cannot read it)"
+
+
+@pytest.mark.parametrize("entry,needle", [
+    ("node1:0", "slot count 0 is out of range"),                   # hydra: SIGFPE
+    ("node1:-1", "slot count '-1' is not a whole number >= 1"),    # hydra: spins forever
+    ("node1:2x", "slot count '2x' is not a whole number >= 1"),    # hydra: silently 2
+    ("node1:abc", "slot count 'abc' is not a whole number >= 1"),
+    ("node1:", "':' without a slot count"),
+    (":4", "':4' has no host name"),
+    ("fe80::1", "more than one ':'"),
+    ("root@node1:2", "write 'node1 user=root'"),
+    ("-oProxyCommand=x", "is not a host name or IPv4 address"),
+    ("localhost:2 # rank 0", "comment after the entry ('#')"),     # hydra: 8-line trace
+    ("localhost:2 slots=2", "unexpected token 'slots=2'"),         # Open MPI syntax
+    ("localhost user=", "'user=' has no value"),
+    ("localhost user=a user=b", "user= given twice"),
+])
+def test_hostfile_malformed_line(tmp_path, entry, needle):
+    hf = tmp_path / "hosts"
+    hf.write_text(f"# cluster\nlocalhost:2\n{entry}\nlocalhost:1\n")
+    r = _check_hosts(hf, "--no-resolve")      # syntax alone must catch it
+    assert r.returncode == 2 and r.stdout == ""
+    line = _one_clear_line(r.stderr)
+    assert line.startswith(f"error: {hf}:3: ") and needle in line, line
+
+
+def test_hostfile_every_bad_line_is_reported_once(tmp_path):
+    hf = tmp_path / "hosts"
+    hf.write_text("node1:0\nlocalhost:2\nnode2 foo\n")
+    r = _check_hosts(hf, "--no-resolve")
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert [ln.split(": ")[1] for ln in lines] == [f"{hf}:1", f"{hf}:3"], r.stderr
+    assert all(ln.startswith("error: ") for ln in lines) and "Traceback" not in r.stderr
+
+
+def test_hostfile_without_hosts(tmp_path):
+    hf = tmp_path / "hosts"
+    hf.write_text("# nothing but comments\n\n   \n")
+    r = _check_hosts(hf)
+    assert r.returncode == 2
+    assert "no hosts in it" in _one_clear_line(r.stderr)
+
+
+def test_hostfile_unresolvable_host(tmp_path):
+    hf = tmp_path / "hosts"
+    # .invalid never resolves (RFC 2606); reported once, at its first line
+    hf.write_text("localhost:1\nno-such-node.invalid:4\nno-such-node.invalid:1\n")
+    r = _check_hosts(hf, "-n", 3)
+    assert r.returncode == 2 and r.stdout == ""
+    line = _one_clear_line(r.stderr)
+    assert line.startswith(f"error: {hf}:2: cannot resolve host 'no-such-node.invalid'"), line
+    r = _check_hosts(hf, "--no-resolve")
+    assert r.returncode == 0 and "2 hosts, 6 slots" in r.stdout
+
+
+def test_hostfile_bad_arguments():
+    r = _check_hosts("hosts/hostfile.localhost", "-n", "0")
+    assert r.returncode == 2 and "-n must be >= 1" in _one_clear_line(r.stderr)
+    r = _check_hosts()
+    assert r.returncode == 2 and "required: hostfile" in _one_clear_line(r.stderr)
+
+
+def test_hostfile_examples_in_the_repository_pass():
+    r = _check_hosts("hosts/hostfile", "--no-resolve", "-n", "9")   # EC2 names: syntax only
+    assert r.returncode == 0 and "3 hosts, 9 slots" in r.stdout and r.stderr == "", r.stderr
+    r = _check_hosts("hosts/hostfile.localhost", "-n", "6")
+    assert r.returncode == 0 and "1 host, 64 slots" in r.stdout and r.stderr == "", r.stderr
+
+
+@pytest.mark.mpi
+def test_hostfile_check_agrees_with_mpiexec(tmp_path):
+    """What the check accepts, Hydra runs; what it rejects because Hydra does, Hydra rejects
+    (only cases where mpiexec fails cleanly: node:0 crashes it and node:-1 hangs it)."""
+    import shutil
+
+    if shutil.which("mpiexec") is None:
+        pytest.skip("mpiexec is not on PATH")
+    cases = [(GOOD_HOSTFILE, True), ("localhost:2 # rank 0 here\n", False),
+             ("localhost:2 slots=2\n", False)]
+    for i, (text, ok) in enumerate(cases):
+        hf = tmp_path / f"hosts{i}"
+        hf.write_text(text)
+        assert (_check_hosts(hf).returncode == 0) == ok, text
+        r = subprocess.run(["mpiexec", "-f", str(hf), "-n", "2", "true"], capture_output=True,
+                           text=True, timeout=60)
+        assert (r.returncode == 0) == ok, (text, r.stderr)
 
 
 @pytest.mark.slow
