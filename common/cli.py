@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -50,18 +51,26 @@ def resolve_run(argv: Sequence[str] | None, prog: str) -> tuple[Config, str, boo
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    # Printable characters only: messages can quote bytes of a damaged or hostile file (terminal
+    # escape sequences included).
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    text = text or type(e).__name__
     return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _check_checkpoint(run_dir: str) -> None:
     """Fail with one line, before any rank starts, if ``checkpoint.pt`` is not one of ours."""
-    from common.io import load_torch
+    from common.io import UnsafeCheckpointError, load_torch
 
     try:
         ck = load_torch(os.path.join(run_dir, "checkpoint.pt"))
         ok = (isinstance(ck, dict) and isinstance(ck.get("round"), int)
               and isinstance(ck.get("server"), dict) and "params" in ck["server"])
+    except UnsafeCheckpointError as e:
+        raise ConfigError(f"--resume {run_dir}: checkpoint.pt holds code ({_one_line(e)}), not "
+                          "only tensors: refused without running it; it was tampered with or not "
+                          "written by main.py/MPI_main.py") from None
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, pickle errors, EOFError...
         raise ConfigError(f"--resume {run_dir}: checkpoint.pt is unreadable ({_one_line(e)}); "
                           "it is damaged or was not written by main.py/MPI_main.py") from None

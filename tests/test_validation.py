@@ -170,6 +170,51 @@ def test_resume_with_damaged_files(tmp_path, capsys):
         resolve_run(["--resume", str(tmp_path)], "main.py")
 
 
+class _Planted:
+    """A malicious checkpoint payload: unpickling it calls open(path, "w"), creating ``path``
+    (any callable would do: os.system, subprocess.Popen, ...)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.slow
+def test_resume_of_a_tampered_checkpoint_runs_no_code(tmp_path, capsys):
+    """A genuine run directory whose checkpoint.pt gets a pickle that executes code on load:
+    resuming must not run it (torch.load weights_only=True) and must say so in one line, exit 2,
+    for main.py and for rank 0 of MPI_main.py."""
+    import torch
+
+    import MPI_main
+
+    d, marker = tmp_path / "run", tmp_path / "PWNED"
+    main_mod.main(["-n", "3", "-f", "1", "--model", "softmax", "--agg", "cm", "--pre", "none",
+                   "--rounds", "1", "--no-progress", "-o", str(d)])
+    ck = torch.load(d / "checkpoint.pt", weights_only=True)
+    ck["server"]["momentum"] = _Planted(marker)
+    torch.save(ck, d / "checkpoint.pt")
+    # the payload is live: an unsafe load runs it
+    torch.load(d / "checkpoint.pt", weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+
+    r = subprocess.run([sys.executable, "main.py", "--resume", str(d), "--rounds", "2"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    line = _one_clear_line(r.stderr)
+    assert line == (f"error: --resume {d}: checkpoint.pt holds code (io.open), not only "
+                    "tensors: refused without running it; it was tampered with or not written "
+                    "by main.py/MPI_main.py"), line
+    assert not marker.exists()
+    capsys.readouterr()
+    assert MPI_main._resolve(["--resume", str(d)], 3)[:2] == (MPI_main.EXIT, 2)  # rank 0's path
+    assert "checkpoint.pt holds code" in _one_clear_line(capsys.readouterr().err)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("text,needle", [
     ('{"num_workers": "abc"}', "config key num_workers must be of type int, got 'abc'"),
     ('{"lr": "0.1"}', "config key lr must be of type float"),
