@@ -189,10 +189,13 @@ def test_fault_matrix(kind, tmp_path):
 
 @pytest.mark.mpi
 @pytest.mark.slow
-def test_mpi_sigterm_then_resume_matches_main(tmp_path):
-    """SIGTERM to mpiexec: worker ranks ignore it, rank 0 finishes the round, gathers the
-    workers' state into a checkpoint and exits 130; an MPI resume then ends with exactly the
-    parameters of an uninterrupted in-process run."""
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_mpi_signal_then_resume_matches_main(sig, tmp_path):
+    """SIGTERM to mpiexec (``kill``), or SIGINT to its process group (Ctrl-C in a terminal;
+    Hydra starts the ranks in sessions of their own, so only mpiexec gets it, and forwards it
+    to every rank): worker ranks ignore it, rank 0 finishes the round, gathers the workers'
+    state into a checkpoint and exits 130; an MPI resume then ends with exactly the parameters
+    of an uninterrupted in-process run."""
     import signal
     import subprocess
     import sys
@@ -212,7 +215,8 @@ def test_mpi_sigterm_then_resume_matches_main(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(["mpiexec", "-n", "3", sys.executable, "MPI_main.py", *flags,
                              "--rounds", "1000000", "-o", str(d)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
@@ -220,13 +224,18 @@ def test_mpi_sigterm_then_resume_matches_main(tmp_path):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGTERM)
+        if sig == "SIGINT":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err[-3000:]
+    # one signal reached rank 0 (a second would have stopped it without a new checkpoint)
+    assert err.count(f"{sig}: finishing this round") == 1 and "second signal" not in out, err
     assert "checkpoint saved" in out
     done = torch.load(d / "checkpoint.pt", weights_only=True)["round"]
     assert [r["round"] for r in read_metrics(d / "metrics.jsonl")] == list(range(done))

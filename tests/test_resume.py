@@ -3,8 +3,8 @@
 Each stateful case runs 2k rounds straight, and k rounds then ``--resume DIR --rounds 2k``; the
 server parameters in ``checkpoint.pt`` must be equal bit for bit (same process, same order of
 operations), and ``metrics.jsonl`` must hold every round exactly once with the same records.
-Runs go through ``main.main`` in-process (no interpreter start-up per run); the SIGTERM test
-uses a real subprocess.
+Runs go through ``main.main`` in-process (no interpreter start-up per run); the SIGTERM and
+SIGINT (Ctrl-C) test uses a real subprocess.
 """
 from __future__ import annotations
 
@@ -163,14 +163,24 @@ def test_signal_mid_round_checkpoints_a_consistent_state(tmp_path, monkeypatch):
     assert read_metrics(part / "metrics.jsonl") == read_metrics(full / "metrics.jsonl")
 
 
+def send_like_a_user(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    """SIGTERM as ``kill PID`` sends it; SIGINT as Ctrl-C in a terminal does: to the whole
+    foreground process group (``proc`` must lead its own session: ``start_new_session=True``)."""
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+
+
 @pytest.mark.slow
-def test_sigterm_subprocess_then_resume(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_signal_subprocess_then_resume(sig, tmp_path):
     d = tmp_path / "run"
     flags = BASE + ["--agg", "cclip", "--pre", "bucketing:2", "--attack", "alie"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "main.py", *flags, "--rounds", "100000", "-o", str(d)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, start_new_session=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
@@ -178,13 +188,14 @@ def test_sigterm_subprocess_then_resume(tmp_path):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGTERM)
+        send_like_a_user(proc, sig)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err
+    assert f"{sig.name}: finishing this round" in err and "Traceback" not in err, err
     assert "checkpoint saved" in out and f"--resume {d}" in out
     ck = torch.load(d / "checkpoint.pt", weights_only=True)
     done = ck["round"]
