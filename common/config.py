@@ -27,7 +27,7 @@ MOMENTUM_STYLES = ("heavyball", "ema")
 GRAD_PATHS = ("auto", "vmap", "loop")
 COMPILE_MODES = ("auto", "on", "off")
 # --inject-fault: what a faulty MPI worker rank does to its messages (worker/mpi_worker.py).
-FAULT_KINDS = ("wrongsize", "wrongdtype", "nan", "inf", "huge", "randombytes", "stall")
+FAULT_KINDS = ("wrongsize", "wrongdtype", "nan", "inf", "huge", "randombytes", "stall", "flood")
 # Rules whose messages are not gradients: they change what workers compute and send.
 SIGN_RULES = ("signmv",)
 MODEL_RULES = ("rsa",)

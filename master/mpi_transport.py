@@ -80,6 +80,7 @@ class MPITransport(Transport):
         self.busy = False    # True while a command is in flight: an exception then breaks the protocol
         self.closed = False
         self.drained = 0     # stale or unexpected messages thrown away
+        self.drained_from: dict[int, int] = {}   # ... per sending rank
 
     # -- plumbing ----------------------------------------------------------------------------
     def _poll(self, live: set[int], backoff: Backoff) -> None:
@@ -98,11 +99,20 @@ class MPITransport(Transport):
                 return
             if st.Get_tag() in live:
                 return
+            src = st.Get_source()
             try:
-                self.comm.Recv([self.scratch, MPI.BYTE], source=st.Get_source(), tag=st.Get_tag())
+                self.comm.Recv([self.scratch, MPI.BYTE], source=src, tag=st.Get_tag())
             except MPI.Exception:
                 pass     # longer than the scratch: truncated, which discards it just as well
             self.drained += 1
+            self.drained_from[src] = self.drained_from.get(src, 0) + 1
+
+    def _stray_since(self, before: dict[int, int]) -> dict:
+        """``{"stray": {rank: messages dropped}}`` since ``before`` (a copy of drained_from), for
+        the round's metrics record; {} when nothing was dropped."""
+        new = {str(r): c - before.get(r, 0) for r, c in sorted(self.drained_from.items())
+               if c > before.get(r, 0)}
+        return {"stray": new} if new else {}
 
     def _wait(self, req, live: set[int] = frozenset()) -> None:
         b = Backoff()
@@ -176,6 +186,7 @@ class MPITransport(Transport):
     # -- one round -----------------------------------------------------------------------------
     def round(self, params: Tensor, t: int, byz: np.ndarray) -> RoundResult:
         self.busy = True
+        drained_before = dict(self.drained_from)
         seq = self.seq + 1
         live = {tag(seq, KIND_MSG), tag(seq, KIND_TRAILER)}
         # Receives are posted before the broadcast so answers land directly in place.
@@ -202,13 +213,15 @@ class MPITransport(Transport):
         if self.omniscient and byz.any():
             info = self._craft_round(seq, byz, status)
         self.busy = False
+        stray = self._stray_since(drained_before)
         if self.wire is not None:
-            return self._vote_result(status, losses, info)
+            return self._vote_result(status, losses, info, stray)
         messages = self.msg_t if self.device.type == "cpu" else self.msg_t.to(self.device)
         return RoundResult(messages=messages, status=status, losses=losses,
-                           info={"attack": info} if info else {})
+                           info={**({"attack": info} if info else {}), **stray})
 
-    def _vote_result(self, status: list[str], losses: Tensor, info: dict) -> RoundResult:
+    def _vote_result(self, status: list[str], losses: Tensor, info: dict,
+                     stray: dict) -> RoundResult:
         """Sign protocol: the (n, width) stack of the received packed votes (worker/coded.py);
         a rank whose message was unusable leaves its nodes absent (they abstain)."""
         bufs: list = [None] * self.n
@@ -217,7 +230,7 @@ class MPITransport(Transport):
                 bufs[g.start:g.stop] = self.wire.split(self.votes[r - 1], g)
         wire = {"vote_bytes": [0 if b is None else int(b.nbytes) for b in bufs],
                 "float32_bytes": self.wire.float32_bytes}
-        out = {"wire": wire, **({"attack": info} if info else {})}
+        out = {"wire": wire, **({"attack": info} if info else {}), **stray}
         return RoundResult(messages=self.wire.stack(bufs).to(self.device), status=status,
                            losses=losses, info=out)
 

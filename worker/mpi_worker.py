@@ -253,6 +253,29 @@ def corrupt(kind: str | None, payload: np.ndarray, rng: np.random.Generator) -> 
     return payload
 
 
+# ``flood``: besides its real message, every round the rank sends one message larger than rank
+# 0's 1 MiB drain scratch (master.mpi_transport.DRAIN_BYTES), then FLOOD_MESSAGES small ones of
+# 0..FLOOD_SMALL_BYTES random bytes, all with tags no receive of rank 0 wants.
+FLOOD_MESSAGES = 500
+FLOOD_SMALL_BYTES = 64
+FLOOD_BIG_BYTES = (1 << 20) + 4096
+TAG_MAX = 32767            # the smallest MPI_TAG_UB the standard allows
+
+
+def flood(seq: int, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
+    """The stray messages of a ``flood`` rank in command ``seq``: (buffer, tag) pairs. Tags
+    alternate between the previous command's (stale: already received or given up) and tags
+    above the protocol's range (``tag`` never exceeds TAG_PERIOD * NUM_KINDS - 1)."""
+    out = [(np.zeros(FLOOD_BIG_BYTES, np.uint8), TAG_MAX)]
+    unused = TAG_MAX - TAG_PERIOD * NUM_KINDS + 1
+    for i in range(FLOOD_MESSAGES):
+        tg = (tag(seq - 1, i % NUM_KINDS) if i % 2 and seq > 1
+              else TAG_PERIOD * NUM_KINDS + i % unused)
+        out.append((rng.integers(0, 256, int(rng.integers(0, FLOOD_SMALL_BYTES + 1)),
+                                 dtype=np.uint8), tg))
+    return out
+
+
 def stall_seconds(cfg: Config) -> float:
     """How long a ``stall`` rank sleeps before answering: twice the timeout, and at least 1.5 s
     past it, so a rank 0 starved of CPU for a moment still cannot mistake it for punctual
@@ -336,8 +359,9 @@ class WorkerRank:
             time.sleep(stall_seconds(self.cfg))
         if self.fault == "randombytes":
             trailer = self.rng.integers(0, 256, trailer.size, dtype=np.uint8)
-        self._send([(corrupt(self.fault, out, self.rng), tag(seq, KIND_MSG)),
-                    (trailer, tag(seq, KIND_TRAILER))])
+        strays = flood(seq, self.rng) if self.fault == "flood" else []
+        self._send(strays + [(corrupt(self.fault, out, self.rng), tag(seq, KIND_MSG)),
+                             (trailer, tag(seq, KIND_TRAILER))])
         if not (g.attack.omniscient and byz.any()):
             return
         if self.rank not in crafting_ranks(self.cfg, self.groups, byz, self.stateful):
