@@ -258,27 +258,20 @@ def test_diversefl_beats_mean_under_signflip_majority(tmp_path):
 @pytest.mark.slow
 def test_mpi_samples_are_sent_by_worker_ranks_and_match_in_process(tmp_path):
     """Under MPI the samples travel from the worker ranks; the run equals the in-process one."""
-    import os
-    import subprocess
-    import sys
-
     import main
-    from common.io import load_torch
+    from common.io import read_metrics
+    from tests.processes import final_params, run_mpi
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     flags = ["--dataset", "digits", "--model", "softmax", "-n", "5", "-f", "2", "--byz-schedule",
              "random", "--attack", "signflip", "--agg", "diversefl", "--pre", "none",
              "--momentum", "0", "--rounds", "4", "--eval-every", "2", "--share-frac", "0.05",
              "--no-progress"]
-    proc = subprocess.run(["mpiexec", "-n", "3", sys.executable, "MPI_main.py", *flags, "-o",
-                           str(tmp_path / "mpi")], cwd=root, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_mpi(3, *flags, "-o", str(tmp_path / "mpi"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     main.main(flags + ["-o", str(tmp_path / "inp")])
-    a = [json.loads(line) for line in open(tmp_path / "mpi" / "metrics.jsonl")]
-    b = [json.loads(line) for line in open(tmp_path / "inp" / "metrics.jsonl")]
+    a = read_metrics(tmp_path / "mpi" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "inp" / "metrics.jsonl")
     assert [r["rule"]["flagged"] for r in a] == [r["rule"]["flagged"] for r in b]
     assert all("no_sample" not in r["rule"] for r in a)
-    pa = load_torch(str(tmp_path / "mpi" / "checkpoint.pt"))["server"]["params"]
-    pb = load_torch(str(tmp_path / "inp" / "checkpoint.pt"))["server"]["params"]
+    pa, pb = final_params(tmp_path / "mpi"), final_params(tmp_path / "inp")
     assert torch.allclose(pa, pb, atol=1e-5)

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.processes import ROOT
 
 # mpi4py's lowercase calls pickle their payload; on rank 0 they must never receive from workers.
 PICKLING_RECEIVES = {"recv", "irecv", "gather", "allgather", "alltoall", "sendrecv", "reduce",
@@ -145,10 +145,11 @@ def test_fault_matrix(kind, tmp_path):
     sizes, one above rank 0's 1 MiB drain scratch); rank 0 drops them (logged per round under
     ``stray``), uses the real message, and ends with exactly the model of ``main.py``."""
     import json
-    import subprocess
-    import sys
 
     import torch
+
+    from common.io import read_metrics
+    from tests.processes import final_params, run_mpi
 
     why = _mpi_ready()
     if why:
@@ -157,17 +158,12 @@ def test_fault_matrix(kind, tmp_path):
     flags = ["-n", "3", "-f", "1", "--agg", "cm", "--pre", "none", "--attack", "none",
              "--model", "softmax", "--rounds", str(ROUNDS), "--eval-every", str(ROUNDS),
              "--no-progress"]
-    cmd = ["mpiexec", "-n", "3", sys.executable, "MPI_main.py", *flags,
-           "--inject-fault", f"{kind}:2", "-o", str(out)]
-    if kind == "stall":
-        cmd += ["--round-timeout", str(STALL_TIMEOUT)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    stall = ["--round-timeout", str(STALL_TIMEOUT)] if kind == "stall" else []
+    r = run_mpi(3, *flags, "--inject-fault", f"{kind}:2", "-o", str(out), *stall)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "final test accuracy" in r.stdout
 
-    with open(out / "metrics.jsonl") as fh:
-        records = [json.loads(line) for line in fh]
+    records = read_metrics(out / "metrics.jsonl")
     assert [rec["round"] for rec in records] == list(range(ROUNDS))
     expected = EXPECTED[kind]
     for rec in records:
@@ -204,8 +200,7 @@ def test_fault_matrix(kind, tmp_path):
 
         ref = tmp_path / "ref"
         main_mod.main(flags + ["-o", str(ref)])
-        ref_params = torch.load(ref / "checkpoint.pt", weights_only=True)["server"]["params"]
-        assert torch.equal(params, ref_params)
+        assert torch.equal(params, final_params(ref))
     assert ck["round"] == ROUNDS and bool(torch.isfinite(params).all())
     # cm over {h0, h1, bad} is inside [min(h0, h1), max(h0, h1)] per coordinate: even 1e30 or
     # random huge floats cannot blow the model up
@@ -225,14 +220,12 @@ def test_mpi_signal_then_resume_matches_main(sig, tmp_path):
     state into a checkpoint and exits 130; an MPI resume then ends with exactly the parameters
     of an uninterrupted in-process run."""
     import signal
-    import subprocess
-    import sys
-    import time
 
     import torch
 
     import main as main_mod
     from common.io import read_metrics
+    from tests.processes import final_params, mpi_cmd, run_mpi, running
 
     why = _mpi_ready()
     if why:
@@ -240,27 +233,13 @@ def test_mpi_signal_then_resume_matches_main(sig, tmp_path):
     flags = ["-n", "4", "-f", "1", "--model", "softmax", "--agg", "cclip", "--pre", "bucketing:2",
              "--attack", "alie", "--eval-every", "3", "--no-progress"]
     d = tmp_path / "mpi"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(["mpiexec", "-n", "3", sys.executable, "MPI_main.py", *flags,
-                             "--rounds", "1000000", "-o", str(d)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if (d / "metrics.jsonl").exists() and len(read_metrics(d / "metrics.jsonl")) >= 2:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()
+    cmd = mpi_cmd(3, *flags, "--rounds", "1000000", "-o", str(d))
+    with running(cmd, d, timeout=300, start_new_session=True) as proc:
         if sig == "SIGINT":
             os.killpg(proc.pid, signal.SIGINT)
         else:
             proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130, err[-3000:]
     # one signal reached rank 0 (a second would have stopped it without a new checkpoint)
     assert err.count(f"{sig}: finishing this round") == 1 and "second signal" not in out, err
@@ -268,16 +247,12 @@ def test_mpi_signal_then_resume_matches_main(sig, tmp_path):
     done = torch.load(d / "checkpoint.pt", weights_only=True)["round"]
     assert [r["round"] for r in read_metrics(d / "metrics.jsonl")] == list(range(done))
 
-    r = subprocess.run(["mpiexec", "-n", "3", sys.executable, "MPI_main.py", "--resume", str(d),
-                        "--rounds", str(done + 2), "--no-progress"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = run_mpi(3, "--resume", str(d), "--rounds", str(done + 2), "--no-progress", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [rec["round"] for rec in read_metrics(d / "metrics.jsonl")] == list(range(done + 2))
     ref = tmp_path / "ref"
     main_mod.main(flags + ["--rounds", str(done + 2), "-o", str(ref)])
-    a = torch.load(d / "checkpoint.pt", weights_only=True)["server"]["params"]
-    b = torch.load(ref / "checkpoint.pt", weights_only=True)["server"]["params"]
-    assert torch.equal(a, b)
+    assert torch.equal(final_params(d), final_params(ref))
 
 
 @pytest.mark.mpi
@@ -288,25 +263,21 @@ def test_vote_fault_matrix(kind, tmp_path):
     corrupts its packed votes. Random bytes are (almost surely: each of the 650 coordinates is
     invalid with probability 1/4) undecodable ternary votes; a wrong size is discarded. Either
     way nodes 2 and 3 abstain, are logged, and the run finishes with a finite model."""
-    import json
-    import subprocess
-    import sys
-
     import torch
+
+    from common.io import read_metrics
+    from tests.processes import final_params, run_mpi
 
     why = _mpi_ready()
     if why:
         pytest.skip(why)
     out = tmp_path / "run"
-    cmd = ["mpiexec", "-n", "3", sys.executable, "MPI_main.py", "-n", "4", "-f", "1",
-           "--agg", "signmv", "--redundancy", "4", "--deterministic", "True", "--batch_size", "40",
-           "--attack", "none", "--model", "softmax", "--rounds", str(ROUNDS), "--eval-every",
-           str(ROUNDS), "--no-progress", "--inject-fault", f"{kind}:2", "-o", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    r = run_mpi(3, "-n", "4", "-f", "1", "--agg", "signmv", "--redundancy", "4", "--deterministic",
+                "True", "--batch_size", "40", "--attack", "none", "--model", "softmax", "--rounds",
+                str(ROUNDS), "--eval-every", str(ROUNDS), "--no-progress", "--inject-fault",
+                f"{kind}:2", "-o", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
-    with open(out / "metrics.jsonl") as fh:
-        records = [json.loads(line) for line in fh]
+    records = read_metrics(out / "metrics.jsonl")
     assert [rec["round"] for rec in records] == list(range(ROUNDS))
     reason = "wrongsize" if kind == "wrongsize" else "undecodable"
     for rec in records:
@@ -314,5 +285,4 @@ def test_vote_fault_matrix(kind, tmp_path):
         assert rec["rule"].get("abstained" if kind == "wrongsize" else "invalid") == [2, 3]
         # the faulty rank's trailer (losses) is not averaged into train_loss
         assert rec["train_loss"] is not None and 0 < rec["train_loss"] < 10
-    params = torch.load(out / "checkpoint.pt", weights_only=True)["server"]["params"]
-    assert bool(torch.isfinite(params).all())
+    assert bool(torch.isfinite(final_params(out)).all())

@@ -10,42 +10,22 @@ model and are logged per round; bad launches exit 2 in one line.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 import main as main_mod
-from common.io import load_torch
+from common.io import load_torch, read_metrics
+from tests.processes import ROOT, final_params, mpi_cmd, run_mpi, running
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec")]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIMIT = 600  # seconds; only a hang comes near it
-
-
-def mpi_cmd(ranks: int, *flags: str) -> list[str]:
-    return ["mpiexec", "-n", str(ranks), sys.executable, "MPI_main.py", "--no-progress", *flags]
-
-
-def run_mpi(ranks: int, *flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run(mpi_cmd(ranks, *flags), cwd=ROOT, capture_output=True, text=True,
-                          timeout=LIMIT)
-
-
-def records(run_dir) -> list[dict]:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-        return [json.loads(line) for line in fh]
-
-
-def params(run_dir) -> torch.Tensor:
-    return load_torch(os.path.join(run_dir, "checkpoint.pt"))["server"]["params"]
+LIMIT = 600  # seconds, as run_mpi's default; only a hang comes near it
 
 
 def test_one_worker_per_rank_learns_and_matches_main(tmp_path):
@@ -55,14 +35,15 @@ def test_one_worker_per_rank_learns_and_matches_main(tmp_path):
     assert "on 4 worker ranks" in p.stdout
     main_mod.main([*flags, "--no-progress", "-o", str(tmp_path / "main")])
 
-    a, b = records(tmp_path / "mpi"), records(tmp_path / "main")
+    a = read_metrics(tmp_path / "mpi" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "main" / "metrics.jsonl")
     assert [r["round"] for r in a] == list(range(12))
     assert all("faults" not in r for r in a)
     assert a[-1]["test_accuracy"] > 60          # 10 classes: chance is 10%
     assert a[-1]["test_accuracy"] == pytest.approx(b[-1]["test_accuracy"], abs=0.2)
     # ALIE's z travels back from the crafting rank as attack info, as in-process.
     assert a[0]["attack"]["z"] == pytest.approx(b[0]["attack"]["z"], rel=1e-12)
-    torch.testing.assert_close(params(tmp_path / "mpi"), params(tmp_path / "main"),
+    torch.testing.assert_close(final_params(tmp_path / "mpi"), final_params(tmp_path / "main"),
                                atol=1e-5, rtol=0)
     summary = json.load(open(tmp_path / "mpi" / "summary.json"))
     assert summary["rounds"] == 12 and summary["num_workers"] == 4
@@ -75,19 +56,10 @@ def test_groups_sigterm_and_resume_on_other_rank_count_match_main(tmp_path):
     flags = ["-n", "8", "-f", "2", "--attack", "mimic", "--mimic-warmup", "3",
              "--byz-schedule", "random", "--agg", "cm", "--pre", "none", "--eval-every", "4"]
     d = tmp_path / "mpi"
-    proc = subprocess.Popen(mpi_cmd(3, *flags, "--rounds", "100000", "-o", str(d)), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + LIMIT
-        while time.time() < deadline and proc.poll() is None:
-            if (d / "metrics.jsonl").exists() and len(open(d / "metrics.jsonl").readlines()) >= 2:
-                break
-            time.sleep(0.05)
+    cmd = mpi_cmd(3, *flags, "--rounds", "100000", "-o", str(d))
+    with running(cmd, d, timeout=LIMIT) as proc:
         proc.send_signal(signal.SIGTERM)       # mpiexec forwards it; rank 0 stops at a boundary
         out, err = proc.communicate(timeout=LIMIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 130, err
     assert "checkpoint saved" in out
     stopped = int(load_torch(str(d / "checkpoint.pt"))["round"])
@@ -96,11 +68,11 @@ def test_groups_sigterm_and_resume_on_other_rank_count_match_main(tmp_path):
     p = run_mpi(5, "--resume", str(d), "--rounds", "8")
     assert p.returncode == 0, p.stderr
     main_mod.main([*flags, "--rounds", "8", "--no-progress", "-o", str(tmp_path / "main")])
-    a, b = records(d), records(tmp_path / "main")
+    a, b = read_metrics(d / "metrics.jsonl"), read_metrics(tmp_path / "main" / "metrics.jsonl")
     assert [r["round"] for r in a] == list(range(8))
     assert [r["byzantine"] for r in a] == [r["byzantine"] for r in b]
     assert [r["attack"]["target"] for r in a] == [r["attack"]["target"] for r in b]
-    torch.testing.assert_close(params(d), params(tmp_path / "main"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(final_params(d), final_params(tmp_path / "main"), atol=1e-5, rtol=0)
     ca, cb = load_torch(str(d / "checkpoint.pt")), load_torch(str(tmp_path / "main" / "checkpoint.pt"))
     torch.testing.assert_close(ca["workers"]["momenta"], cb["workers"]["momenta"], atol=1e-5, rtol=0)
     assert ca["workers"]["attack"]["t"] == cb["workers"]["attack"]["t"] == 8
@@ -118,7 +90,7 @@ def test_hostile_ranks_are_logged_and_a_stalled_rank_is_dropped_after_the_timeou
                 "--rounds", "3", "--eval-every", "3", "--round-timeout", "0.5",
                 "--inject-fault", "stall:1+nan:2+wrongsize:3+wrongdtype:4", "-o", str(d))
     assert p.returncode == 0, p.stderr
-    recs = records(d)
+    recs = read_metrics(d / "metrics.jsonl")
     assert [r["round"] for r in recs] == [0, 1, 2]
     expected = {"0": "timeout", "1": "nonfinite", "2": "wrongsize", "3": "wrongsize"}
     # On a loaded machine a healthy rank can miss a 0.5 s deadline too, so per round each fault
@@ -127,7 +99,7 @@ def test_hostile_ranks_are_logged_and_a_stalled_rank_is_dropped_after_the_timeou
         assert set(r["faults"]) <= {"0", "1", "2", "3", "4"}, r
         assert all(r["faults"].get(k) in (v, "timeout") for k, v in expected.items()), r
     assert any(r["faults"] == expected for r in recs), [r["faults"] for r in recs]
-    assert torch.isfinite(params(d)).all()
+    assert torch.isfinite(final_params(d)).all()
 
 
 def test_wrong_rank_count_and_missing_mpiexec_exit_2_with_one_line(tmp_path):

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -21,8 +20,8 @@ import torch
 import main as main_mod
 from common import io as cio
 from common.io import read_metrics
+from tests.processes import final_params, running
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 3
 BASE = ["-n", "6", "-f", "1", "--model", "softmax", "--eval-every", str(K), "--no-progress",
         "--checkpoint-every", "1", "--batch_size", "16"]
@@ -63,10 +62,6 @@ def run(argv):
     return main_mod.main([str(a) for a in argv])
 
 
-def params(run_dir):
-    return torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["server"]["params"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_resume_equals_uninterrupted(case, tmp_path):
@@ -83,7 +78,7 @@ def test_resume_equals_uninterrupted(case, tmp_path):
     run(flags + ["--rounds", K, "-o", part])
     assert torch.load(part / "checkpoint.pt", weights_only=True)["round"] == K
     s_part = run(["--resume", part, "--rounds", 2 * K, "--no-progress"])
-    assert torch.equal(params(full), params(part)), case
+    assert torch.equal(final_params(full), final_params(part)), case
     assert s_part["rounds"] == 2 * K
     assert s_part["final_test_accuracy"] == s_full["final_test_accuracy"]
     m_full, m_part = read_metrics(full / "metrics.jsonl"), read_metrics(part / "metrics.jsonl")
@@ -159,7 +154,7 @@ def test_signal_mid_round_checkpoints_a_consistent_state(tmp_path, monkeypatch):
     assert ck["round"] == K
     assert [r["round"] for r in read_metrics(part / "metrics.jsonl")] == list(range(K))
     run(["--resume", part, "--no-progress"])  # no --rounds: the original 2k
-    assert torch.equal(params(full), params(part))
+    assert torch.equal(final_params(full), final_params(part))
     assert read_metrics(part / "metrics.jsonl") == read_metrics(full / "metrics.jsonl")
 
 
@@ -177,23 +172,10 @@ def send_like_a_user(proc: subprocess.Popen, sig: signal.Signals) -> None:
 def test_signal_subprocess_then_resume(sig, tmp_path):
     d = tmp_path / "run"
     flags = BASE + ["--agg", "cclip", "--pre", "bucketing:2", "--attack", "alie"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "main.py", *flags, "--rounds", "100000", "-o", str(d)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if (d / "metrics.jsonl").exists() and len(read_metrics(d / "metrics.jsonl")) >= 2:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()
+    cmd = [sys.executable, "main.py", *flags, "--rounds", "100000", "-o", str(d)]
+    with running(cmd, d, timeout=120, start_new_session=True) as proc:
         send_like_a_user(proc, sig)
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130, err
     assert f"{sig.name}: finishing this round" in err and "Traceback" not in err, err
     assert "checkpoint saved" in out and f"--resume {d}" in out
@@ -206,7 +188,7 @@ def test_signal_subprocess_then_resume(sig, tmp_path):
     # and the interrupted run equals an uninterrupted one of done + 2 rounds
     ref = tmp_path / "ref"
     run(flags + ["--rounds", done + 2, "-o", ref])
-    assert torch.equal(params(ref), params(d))
+    assert torch.equal(final_params(ref), final_params(d))
 
 
 def _strict_loads(text):

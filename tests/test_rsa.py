@@ -127,20 +127,14 @@ def test_resume_restores_client_models(tmp_path):
 def test_mpi_run_matches_in_process(tmp_path):
     """Client models live on the worker ranks; the final checkpoint gathers them from the ranks,
     and the run ends where the in-process run ends."""
-    import os
-    import subprocess
-    import sys
-
     import main
+    from tests.processes import run_mpi
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     flags = ["--dataset", "digits", "--model", "softmax", "-n", "5", "-f", "2", "--agg", "rsa",
              "--pre", "none", "--momentum", "0", "--attack", "signflip", "--byz-schedule",
              "random", "--lr", "0.3", "--rsa-delta", "0.01", "--eval-every", "2", "--rounds", "4",
              "--no-progress"]
-    proc = subprocess.run(["mpiexec", "-n", "3", sys.executable, "MPI_main.py", *flags, "-o",
-                           str(tmp_path / "mpi")], cwd=root, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_mpi(3, *flags, "-o", str(tmp_path / "mpi"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     main.main(flags + ["-o", str(tmp_path / "inp")])
     a = load_torch(str(tmp_path / "mpi" / "checkpoint.pt"))

@@ -4,37 +4,21 @@ buffer has the wrong size leaves its nodes abstaining."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from common.config import Config
-from common.io import load_torch
+from common.io import read_metrics
 from common.problem import build_problem
+from tests.processes import final_params, run_mpi
 from worker.coded import VoteWire, code_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_CMD = "--trial_idx 1 --num_nodes 5 --num_Byz_nodes 1 --batch_size 120".split()
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec")]
-
-
-def _mpi(ranks: int, flags: list[str], out) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["mpiexec", "-n", str(ranks), sys.executable, "MPI_main.py", *flags,
-                           "-o", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in open(out / "metrics.jsonl")]
-
-
-def _params(out) -> torch.Tensor:
-    return load_torch(str(out / "checkpoint.pt"))["server"]["params"]
 
 
 @pytest.mark.parametrize("ranks,code", [
@@ -45,10 +29,12 @@ def test_mpi_run_equals_in_process_run(tmp_path, ranks, code):
     import main as main_mod
 
     flags = [*SEED_CMD, *code, "--rounds", "4", "--eval-every", "2", "--no-progress"]
-    mpi = _mpi(ranks, flags, tmp_path / "mpi")
+    p = run_mpi(ranks, *flags, "-o", str(tmp_path / "mpi"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    mpi = read_metrics(tmp_path / "mpi" / "metrics.jsonl")
     main_mod.main([*flags, "-o", str(tmp_path / "inp")])
-    inp = [json.loads(line) for line in open(tmp_path / "inp" / "metrics.jsonl")]
-    assert torch.equal(_params(tmp_path / "mpi"), _params(tmp_path / "inp"))
+    inp = read_metrics(tmp_path / "inp" / "metrics.jsonl")
+    assert torch.equal(final_params(tmp_path / "mpi"), final_params(tmp_path / "inp"))
     for a, b in zip(mpi, inp, strict=True):
         assert a["rule"] == b["rule"] and a["wire"] == b["wire"] and a["byzantine"] == b["byzantine"]
         assert "faults" not in a
@@ -59,11 +45,13 @@ def test_wrong_size_vote_buffer_makes_its_nodes_abstain(tmp_path):
     # 2 worker ranks: rank 1 hosts nodes 0-2 and sends one byte short every round
     flags = [*SEED_CMD, "--deterministic", "True", "--redundancy", "3.8", "--rounds", "2",
              "--eval-every", "2", "--no-progress", "--inject-fault", "wrongsize:1"]
-    recs = _mpi(3, flags, tmp_path / "run")
+    p = run_mpi(3, *flags, "-o", str(tmp_path / "run"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = read_metrics(tmp_path / "run" / "metrics.jsonl")
     cfg = Config.from_dict(json.load(open(tmp_path / "run" / "config.json")))
     nb = int(VoteWire(code_for(cfg), build_problem(cfg).dim).nbytes[0])
     for r in recs:
         assert r["faults"] == {"0": "wrongsize", "1": "wrongsize", "2": "wrongsize"}
         assert r["rule"]["abstained"] == [0, 1, 2]
         assert r["wire"]["vote_bytes"] == [0, 0, 0, nb, nb]
-    assert torch.isfinite(_params(tmp_path / "run")).all()
+    assert torch.isfinite(final_params(tmp_path / "run")).all()

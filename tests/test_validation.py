@@ -16,8 +16,7 @@ import main as main_mod
 from common.cli import resolve_run
 from common.config import Config, parse_args, validate
 from common.errors import ConfigError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.processes import ROOT
 
 # (argv, a substring the one-line message must contain: it names the flag or the bound)
 BAD = [
