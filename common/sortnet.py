@@ -27,6 +27,7 @@ Reference: K. E. Batcher, "Sorting networks and their applications", AFIPS 1968.
 from __future__ import annotations
 
 import functools
+import types
 import warnings
 from typing import Callable
 
@@ -193,4 +194,8 @@ def _compiled(n: int, positions: tuple[int, ...], spec: Combine,
     def run(x: Tensor) -> Tensor:
         return _run_network(list(x.unbind(0)), comps, positions, spec)
 
-    return torch.compile(run, dynamic=True, fullgraph=True)
+    # Dynamo caches compiled graphs per code object, with a limit of 8 per object; a fresh code
+    # object per network keeps networks from different n or combines from sharing that limit.
+    code = run.__code__.replace(co_name=f"sortnet_{n}_{spec[0]}")
+    fresh = types.FunctionType(code, run.__globals__, code.co_name, None, run.__closure__)
+    return torch.compile(fresh, dynamic=True, fullgraph=True)

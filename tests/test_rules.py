@@ -142,6 +142,16 @@ def test_compiled_network_equals_eager():
     assert torch.equal(rule(randn(10, 4000, seed=1)), R.coordinate_median(randn(10, 4000, seed=1)))
 
 
+@pytest.mark.slow
+def test_many_compiled_networks_in_one_process():
+    """torch.compile keeps at most 8 graphs per code object; each network gets its own, so a
+    process may compile more than 8 (n, combine) variants without falling back."""
+    for n in range(3, 13):
+        x = randn(n, 2048, seed=n, dtype=torch.float32)
+        assert torch.equal(R.coordinate_median(x, compiled=True), R.coordinate_median(x))
+    assert not sortnet._COMPILE_FAILED
+
+
 def test_compiled_network_falls_back_when_compiling_fails(monkeypatch):
     """No C++ compiler (or any torch.compile failure): one warning, then the eager network."""
     def broken(*args, **kwargs):
