@@ -27,7 +27,10 @@ MOMENTUM_STYLES = ("heavyball", "ema")
 GRAD_PATHS = ("auto", "vmap", "loop")
 COMPILE_MODES = ("auto", "on", "off")
 # --inject-fault: what a faulty MPI worker rank does to its messages (worker/mpi_worker.py).
-FAULT_KINDS = ("wrongsize", "wrongdtype", "nan", "inf", "huge", "randombytes", "stall", "flood")
+# stallstate: from its 2nd STATE command on, the rank answers only once rank 0 has given up
+# (after --state-timeout) and sent its next command; rounds are answered normally.
+FAULT_KINDS = ("wrongsize", "wrongdtype", "nan", "inf", "huge", "randombytes", "stall", "flood",
+               "stallstate")
 # Rules whose messages are not gradients: they change what workers compute and send.
 SIGN_RULES = ("signmv",)
 MODEL_RULES = ("rsa",)
@@ -102,6 +105,7 @@ class Config:
     grad_path: str = "auto"
     compile_rules: str = "auto"
     round_timeout: float = 0.0
+    state_timeout: float | None = None  # MPI checkpoints; None: 10 x round_timeout
     inject_fault: str = ""  # MPI tests: KIND:RANKS[+KIND:RANKS] (see FAULT_KINDS)
     threads: int = 0
     progress: bool = True
@@ -331,6 +335,10 @@ def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
     g.add_argument("--round-timeout", type=float, default=d.round_timeout,
                    help="MPI: seconds to wait for a worker each round before treating it as "
                    "absent (0: wait forever)")
+    g.add_argument("--state-timeout", type=float, default=d.state_timeout,
+                   help="MPI: seconds rank 0 waits for the worker ranks' state when it writes a "
+                   "checkpoint; a rank that has not answered keeps its workers' state from the "
+                   "previous checkpoint (unset: 10 x --round-timeout; 0: wait forever)")
     g.add_argument("--inject-fault", default=d.inject_fault, metavar="KIND[:RANKS]",
                    help="MPI fault injection for tests: worker ranks RANKS (comma-separated, "
                    "default 1) corrupt what they send; KIND is one of " + ", ".join(FAULT_KINDS)
@@ -494,7 +502,12 @@ def validate(cfg: Config) -> None:
     _need(cfg.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {cfg.checkpoint_every}")
     _need(cfg.threads >= 0, f"--threads must be >= 0, got {cfg.threads}")
     _need(cfg.round_timeout >= 0, f"--round-timeout must be >= 0 seconds, got {cfg.round_timeout}")
-    parse_faults(cfg.inject_fault)
+    _need(cfg.state_timeout is None or cfg.state_timeout >= 0,
+          f"--state-timeout must be >= 0 seconds, got {cfg.state_timeout}")
+    _need("stallstate" not in parse_faults(cfg.inject_fault).values()
+          or (cfg.round_timeout if cfg.state_timeout is None else cfg.state_timeout) > 0,
+          "--inject-fault stallstate needs rank 0 to stop waiting for the state: --state-timeout "
+          "> 0, or --round-timeout > 0 without --state-timeout 0")
     _need(0 <= cfg.markov_p <= 1, f"--markov-p must be in [0, 1], got {cfg.markov_p}")
     _need(cfg.markov_k >= 1, f"--markov-k must be >= 1, got {cfg.markov_k}")
     # Flags of rules, codes and schedules not selected by this run are checked too: an

@@ -64,11 +64,13 @@ class UnsafeCheckpointError(ValueError):
     running anything."""
 
 
-def load_torch(path: str) -> Any:
+def load_torch(path: str, mmap: bool = False) -> Any:
+    """``torch.load`` of a checkpoint, tensors only. ``mmap``: tensors are views of the file's
+    pages, read only when touched (to take a few rows of a large (n, d) tensor)."""
     # Checkpoints are written by rank 0 of the user's own run; weights_only keeps a tampered
     # file from executing code anyway.
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         # torch raises pickle.UnpicklingError with a long advice text (ANSI-coloured, suggesting
         # weights_only=False): replace it by what happened. Matched by name: no module rank 0

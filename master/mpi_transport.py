@@ -35,8 +35,9 @@ from worker.mpi_worker import (CMD_LOAD, CMD_ROUND, CMD_SAMPLES, CMD_STATE, CMD_
 
 WRONGSIZE = "wrongsize"
 TIMEOUT = "timeout"
-# A checkpoint waits this many round timeouts for the workers' state: a slow rank that missed
-# rounds is still worth waiting for when the alternative is zeros in the checkpoint.
+# Unless --state-timeout says otherwise, a checkpoint waits this many round timeouts for the
+# workers' state: a slow rank that missed rounds is still worth waiting for when the
+# alternative is its workers' older state from the previous checkpoint (or zeros).
 STATE_PATIENCE = 10.0
 DRAIN_BYTES = 1 << 20      # stale messages are received into (at most) this much scratch
 DRAIN_PER_POLL = 64
@@ -53,6 +54,8 @@ class MPITransport(Transport):
         self.n, self.d = cfg.num_workers, problem.dim
         self.groups = rank_groups(self.n, comm.Get_size() - 1)
         self.timeout = cfg.round_timeout
+        self.state_timeout = (STATE_PATIENCE * cfg.round_timeout if cfg.state_timeout is None
+                              else cfg.state_timeout)
         self.msg = np.zeros((self.n, self.d), np.float32)        # the round's (n, d) messages
         self.msg_t = torch.from_numpy(self.msg)
         self.wire = None
@@ -128,12 +131,14 @@ class MPITransport(Transport):
         return self.seq
 
     def _collect(self, expect: dict[int, list[tuple[object, int]]], live: set[int],
-                 patience: float = 1.0) -> dict[int, str]:
+                 timeout: float | None = None) -> dict[int, str]:
         """Status per rank of receives ``expect[rank] = [(request, expected bytes), ...]``:
         ok, wrongsize (a count differs or the message was truncated) or timeout (not all
-        complete by ``patience`` x ``--round-timeout``; the rest are cancelled)."""
+        complete within ``timeout`` seconds, default ``--round-timeout``, 0 waiting forever;
+        the rest are cancelled)."""
         MPI = self.MPI
-        deadline = time.perf_counter() + patience * self.timeout if self.timeout > 0 else None
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.perf_counter() + timeout if timeout > 0 else None
         status = {r: OK for r in expect}
         open_ = {r: list(v) for r, v in expect.items()}
         b = Backoff()
@@ -304,8 +309,11 @@ class MPITransport(Transport):
 
     # -- worker state for checkpoints ----------------------------------------------------------
     def state_dict(self) -> dict:
-        """Every worker's state, gathered as raw buffers: {tensor name: (n, ...), "attack": ...}.
-        A rank that does not answer in time leaves zeros for its workers (with a warning)."""
+        """Every worker's state, gathered as raw buffers: {tensor name: (n, ...), "attack": ...,
+        "missing": [worker index, ...]}. The workers of a rank that does not answer within
+        ``--state-timeout`` seconds (or whose answer is unusable) have zero rows and are listed
+        under "missing" (the trainer fills them from the previous checkpoint); the attack state
+        is then a fresh one if that rank held it."""
         self.busy = True
         seq = self.seq + 1
         out = {k: np.zeros((self.n, *shape), dtype) for k, (shape, dtype) in self.shapes.items()}
@@ -317,12 +325,12 @@ class MPITransport(Transport):
                       for i, k in enumerate(self.keys)] for r, g in enumerate(self.groups, 1)}
         expect[holder].append(self._irecv(alen, holder, tag(seq, KIND_ATTACK_LEN)))
         self._command(CMD_STATE)
-        status = self._collect(expect, live, STATE_PATIENCE)
+        status = self._collect(expect, live, self.state_timeout)
         attack = self.fresh_attack_state
         if status[holder] == OK and 0 <= alen[0] <= self.attack_cap:
             enc = np.zeros(int(alen[0]), np.float64)
             got = self._collect({holder: [self._irecv(enc, holder, tag(seq, KIND_ATTACK))]}, live,
-                                STATE_PATIENCE)
+                                self.state_timeout)
             try:
                 if got[holder] != OK:
                     raise ValueError(got[holder])
@@ -330,12 +338,18 @@ class MPITransport(Transport):
             except ValueError as e:
                 self._warn(f"rank {holder} sent an unusable attack state ({e}); "
                            "the checkpoint holds a fresh one")
-        bad = [r for r, s in status.items() if s != OK]
-        if bad:
-            self._warn(f"ranks {bad} did not send their workers' state in time; the checkpoint "
-                       "holds zeros for them")
+        elif status[holder] != OK and self.attack_keys:
+            self._warn(f"rank {holder} did not send the attack state ({status[holder]}); "
+                       "the checkpoint holds a fresh one")
+        missing = []
+        for r, g in enumerate(self.groups, 1):
+            if status[r] != OK:     # a short or partial answer must not leave bytes behind
+                for v in out.values():
+                    v[g.start:g.stop] = 0
+                missing.extend(g)
         self.busy = False
-        return {**{k: torch.from_numpy(v) for k, v in out.items()}, "attack": attack}
+        return {**{k: torch.from_numpy(v) for k, v in out.items()}, "attack": attack,
+                "missing": missing}
 
     def load_state_dict(self, d: dict) -> None:
         self.busy = True

@@ -64,22 +64,54 @@ class Trainer:
         self.best_acc = -math.inf
         self.last_eval: dict = {}
         self.wall_before = 0.0
+        # Round of the checkpoint.pt this run wrote last or resumed from; None before either (a
+        # checkpoint.pt an earlier run left in the directory is never read for worker state).
+        self.saved_round: int | None = None
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint(self, next_round: int, wall: float) -> None:
-        save_torch(os.path.join(self.out_dir, CHECKPOINT), {
+        path = os.path.join(self.out_dir, CHECKPOINT)
+        workers = self.transport.state_dict()
+        missing = workers.pop("missing", None)
+        if missing:
+            self._keep_previous_state(path, workers, sorted(missing), next_round)
+        save_torch(path, {
             "round": next_round,
             "server": self.server.state_dict(),
             "schedule": self.schedule.state_dict(),
-            "workers": self.transport.state_dict(),
+            "workers": workers,
             "best_acc": self.best_acc,
             "last_eval": self.last_eval,
             "wall_seconds": wall,
         })
+        self.saved_round = next_round
+
+    def _keep_previous_state(self, path: str, workers: dict, missing: list[int],
+                             next_round: int) -> None:
+        """Workers whose state the transport could not collect (MPI: their rank did not answer
+        in time) get their rows of every per-worker tensor from this run's previous checkpoint,
+        their last known state, instead of zeros; one warning line says which and from where.
+        The previous file is memory-mapped, so only those rows are read (no second (n, d) copy).
+        The attack state is the transport's (a fresh one if the silent rank held it)."""
+        rows, why = None, "there is no earlier checkpoint of this run"
+        if self.saved_round is not None:
+            try:
+                rows = _worker_rows(path, self.saved_round, workers, missing)
+            except Exception as e:  # noqa: BLE001 - a damaged file must not stop the checkpoint
+                text = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+                why = f"the checkpoint of round {self.saved_round} is unusable ({text})"
+        if rows is not None:
+            for k, v in rows.items():
+                workers[k][missing] = v
+            what = f"they keep their state from the checkpoint of round {self.saved_round}"
+        else:
+            what = f"they start from zeros ({why})"
+        print(f"warning: checkpoint of round {next_round}: no state arrived from workers "
+              f"{_spans(missing)}; {what}", file=sys.stderr, flush=True)
 
     def restore(self) -> None:
         ck = load_torch(os.path.join(self.out_dir, CHECKPOINT))
-        self.start_round = int(ck["round"])
+        self.start_round = self.saved_round = int(ck["round"])
         self.server.load_state_dict(ck["server"])
         self.schedule.load_state_dict(ck["schedule"])
         self.transport.load_state_dict(ck["workers"])
@@ -193,3 +225,33 @@ class Trainer:
             self.best_acc = max(self.best_acc, self.last_eval["test_accuracy"])
             record.update(self.last_eval)
         return record
+
+
+def _worker_rows(path: str, round_: int, workers: dict, rows: list[int]) -> dict:
+    """Rows ``rows`` of every per-worker tensor of ``workers`` as saved in the checkpoint at
+    ``path``, which must be that of round ``round_`` with tensors of the same shapes and dtypes.
+    Memory-mapped: only those rows are read from the file."""
+    ck = load_torch(path, mmap=True)
+    if not isinstance(ck, dict) or ck.get("round") != round_ or not isinstance(
+            ck.get("workers"), dict):
+        raise ValueError(f"{CHECKPOINT} no longer holds round {round_}")
+    out = {}
+    for k, v in workers.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        old = ck["workers"].get(k)
+        if not isinstance(old, torch.Tensor) or old.shape != v.shape or old.dtype != v.dtype:
+            raise ValueError(f"its workers' '{k}' does not match")
+        out[k] = old[rows]          # a copy: the mapping goes when ``ck`` does
+    return out
+
+
+def _spans(ids: list[int]) -> str:
+    """Sorted worker indices as ranges: [2, 3, 4, 7] -> '2..4, 7'."""
+    parts, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or ids[i] != ids[i - 1] + 1:
+            a, b = ids[start], ids[i - 1]
+            parts.append(str(a) if a == b else f"{a}..{b}")
+            start = i
+    return ", ".join(parts)

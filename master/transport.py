@@ -36,6 +36,10 @@ class Transport:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
+        """The workers' state for a checkpoint: {tensor name: (n, ...) tensor, "attack": dict},
+        plus optionally "missing": the indices of workers whose state could not be collected
+        (MPI only). Their rows are zeros in tensors the transport does not use any more, which
+        the caller fills in. ``load_state_dict`` takes the same dict, without "missing"."""
         raise NotImplementedError
 
     def load_state_dict(self, d: dict) -> None:

@@ -3,7 +3,8 @@
 The fault matrix runs ``mpiexec -n 3 python MPI_main.py`` with one worker rank injecting a fault
 (``wrongsize``, ``nan``, ``inf``, ``huge``, ``randombytes``, ``stall``, ``flood``) and checks
 that rank 0 finishes the run, logs the fault per round in ``metrics.jsonl`` and ends with a
-finite model.
+finite model. ``stallstate`` (a rank that answers a checkpoint's state request only after rank
+0 has given up) checks that its workers keep their state from the previous checkpoint.
 """
 from __future__ import annotations
 
@@ -286,3 +287,98 @@ def test_vote_fault_matrix(kind, tmp_path):
         # the faulty rank's trailer (losses) is not averaged into train_loss
         assert rec["train_loss"] is not None and 0 < rec["train_loss"] < 10
     assert bool(torch.isfinite(final_params(out)).all())
+
+
+# ------------------------------------------------------------------------------------------
+# a worker rank that misses a checkpoint: its workers keep their last checkpointed state
+# ------------------------------------------------------------------------------------------
+
+CK_FLAGS = ["-n", "3", "-f", "1", "--agg", "cm", "--pre", "none", "--attack", "none", "--model",
+            "softmax", "--momentum", "0.9", "--checkpoint-every", "2", "--eval-every", "4",
+            "--no-progress"]
+
+
+@pytest.mark.mpi
+def test_mpi_checkpoint_keeps_a_silent_ranks_state(tmp_path):
+    """``stallstate:2``: rank 2 (worker 2) answers the round-2 checkpoint's state request, but
+    that of the final round-4 checkpoint only after rank 0 gave up (``--state-timeout 2``) and
+    sent STOP. Rank 0 finishes; worker 2's momenta in the round-4 checkpoint are exactly those
+    of the round-2 checkpoint (not zeros), workers 0 and 1 hold their round-4 momenta. The
+    references are in-process runs of the same config (MPI equals main.py bit for bit, checked
+    here on workers 0-1 and the parameters). ``--round-timeout 0``: no round can time out,
+    however loaded the machine, so only the state exchange is faulty."""
+    import torch
+
+    import main as main_mod
+    from common.io import load_torch
+    from tests.processes import final_params, run_mpi
+
+    why = _mpi_ready()
+    if why:
+        pytest.skip(why)
+    out = tmp_path / "mpi"
+    r = run_mpi(3, *CK_FLAGS, "--rounds", "4", "--round-timeout", "0", "--state-timeout", "2",
+                "--inject-fault", "stallstate:2", "-o", str(out), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ("warning: checkpoint of round 4: no state arrived from workers 2; they keep their "
+            "state from the checkpoint of round 2") in r.stderr, r.stderr[-3000:]
+    assert r.stderr.count("warning: checkpoint of round") == 1, r.stderr[-3000:]
+
+    refs = {}
+    for rounds in (2, 4):
+        main_mod.main(CK_FLAGS + ["--rounds", str(rounds), "-o", str(tmp_path / f"main{rounds}")])
+        refs[rounds] = load_torch(str(tmp_path / f"main{rounds}" / "checkpoint.pt"))
+    ck = load_torch(str(out / "checkpoint.pt"))
+    assert ck["round"] == 4 and set(ck["workers"]) == {"momenta", "attack"}
+    momenta = ck["workers"]["momenta"]
+    old, new = refs[2]["workers"]["momenta"], refs[4]["workers"]["momenta"]
+    assert torch.equal(momenta[:2], new[:2])
+    assert torch.equal(momenta[2], old[2])
+    assert old[2].abs().sum() > 0 and not torch.equal(old[2], new[2])
+    assert torch.equal(final_params(out), final_params(tmp_path / "main4"))
+
+
+def test_checkpoint_without_an_earlier_one_starts_from_zeros(tmp_path, capsys):
+    """In process, with a transport that loses worker 1's state at the first checkpoint
+    (round 2) and worker 0's at the second (round 4). The directory already holds a
+    ``checkpoint.pt`` of another run claiming round 2; it is never read: worker 1 starts from
+    zeros (and it says so), then worker 0 keeps its state of this run's round-2 checkpoint."""
+    import torch
+
+    import main as main_mod
+    from common.config import parse_args
+    from common.io import load_torch, save_torch
+    from common.problem import build_problem
+    from master.trainer import Trainer
+    from master.transport import InProcessTransport
+
+    class Lossy(InProcessTransport):
+        lose = [[1], [0]]
+
+        def state_dict(self):
+            d = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                 for k, v in super().state_dict().items()}
+            gone = self.lose.pop(0)
+            d["momenta"][gone] = 0
+            return {**d, "missing": gone}
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_torch(str(run / "checkpoint.pt"), {"round": 2, "workers": {
+        "momenta": torch.ones(3, 650), "attack": {}}})
+    cfg, _ = parse_args(CK_FLAGS + ["--rounds", "4", "-o", str(run)])
+    problem = build_problem(cfg, "cpu")
+    Trainer(cfg, problem, Lossy(cfg, problem, torch.device("cpu")), str(run),
+            torch.device("cpu")).run()
+    err = capsys.readouterr().err
+    assert ("warning: checkpoint of round 2: no state arrived from workers 1; they start from "
+            "zeros (there is no earlier checkpoint of this run)") in err, err
+    assert ("warning: checkpoint of round 4: no state arrived from workers 0; they keep their "
+            "state from the checkpoint of round 2") in err, err
+
+    main_mod.main(CK_FLAGS + ["--rounds", "2", "-o", str(tmp_path / "main2")])
+    main_mod.main(CK_FLAGS + ["--rounds", "4", "-o", str(tmp_path / "main4")])
+    old = load_torch(str(tmp_path / "main2" / "checkpoint.pt"))["workers"]["momenta"]
+    new = load_torch(str(tmp_path / "main4" / "checkpoint.pt"))["workers"]["momenta"]
+    momenta = load_torch(str(run / "checkpoint.pt"))["workers"]["momenta"]
+    assert torch.equal(momenta[0], old[0]) and torch.equal(momenta[1:], new[1:])

@@ -10,7 +10,8 @@ Rank r >= 1 hosts the contiguous group ``rank_groups(n, R - 1)[r - 1]`` of worke
   the crafting ranks (:func:`crafting_ranks`) then receive the round's honest messages, craft,
   and send back the rows of their Byzantine workers (+ info);
 * STATE / LOAD: the group's per-worker tensors (momenta, ...) as raw buffers, and the attack's
-  state as float64 numbers (:func:`encode_state`), to or from rank 0; STOP: leave.
+  state as float64 numbers (:func:`encode_state`), to or from rank 0 (rank 0 waits
+  ``--state-timeout`` seconds for a STATE answer); STOP: leave.
 
 Everything is a raw numeric buffer sent with ``Isend``/``Irecv``/``Ibcast``: nothing is pickled.
 Tags are ``(seq mod 2000) * 16 + kind``, so a message that arrives after its round was given up
@@ -317,13 +318,24 @@ class WorkerRank:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         comm = self.comm
+        states = 0          # STATE commands served
+        late = None         # ``stallstate``: the command whose state is sent after the next one
         while True:
             wait(comm.Ibcast(self.header, root=0))
             cmd, t, seq = (int(v) for v in self.header[:HEADER])
+            if late is not None:
+                # Rank 0 has sent a new command, so it gave up on that state (--state-timeout):
+                # the answer is stale, rank 0 drains it. Nothing changed the state in between.
+                self.send_state(late)
+                late = None
             if cmd == CMD_ROUND:
                 self.round(t, seq, self.header[HEADER:].astype(bool))
             elif cmd == CMD_STATE:
-                self.send_state(seq)
+                states += 1
+                if self.fault == "stallstate" and states >= 2:
+                    late = seq
+                else:
+                    self.send_state(seq)
             elif cmd == CMD_LOAD:
                 self.load_state(seq)
             elif cmd == CMD_SAMPLES:
