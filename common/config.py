@@ -330,8 +330,8 @@ def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
                    "auto picks the faster for the model")
     g.add_argument("--compile-rules", choices=COMPILE_MODES, default=d.compile_rules,
                    help="run the sorting network of cm/nmedian/trmean/bulyan (n <= 32, CPU) as "
-                   "one torch.compile kernel (~5x faster at d = 1e6, costs 5-30 s of compiling "
-                   "once); auto: on when d x rounds >= 5e8")
+                   "one torch.compile kernel (cm 5x faster at d = 1e6; compiling takes 1-10 s once "
+                   "per process); auto: on when d x rounds >= 5e8")
     g.add_argument("--round-timeout", type=float, default=d.round_timeout,
                    help="MPI: seconds to wait for a worker each round before treating it as "
                    "absent (0: wait forever)")
