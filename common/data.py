@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import ConfigError, unknown_name
+from .errors import ConfigError, one_line, unknown_name
 
 #: Where the Debian package ``dataset-fashion-mnist`` installs the IDX files.
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
@@ -195,7 +195,7 @@ def _load_mnist(data_dir: str | None) -> Dataset:
         test = torchvision.datasets.MNIST(root, train=False, download=True)
     except Exception as exc:  # no internet, unwritable dir, ... -> actionable message
         raise ConfigError(
-            f"could not download mnist into {root} (no internet?): {_one_line(exc)}; download it "
+            f"could not download mnist into {root} (no internet?): {one_line(exc, 200)}; download it "
             f"elsewhere and pass --data-dir DIR containing train-images-idx3-ubyte[.gz] "
             f"(or MNIST/raw/)") from exc
 
@@ -223,10 +223,10 @@ def _cifar_loader(name: str, cls_name: str, folder: str, num_classes: int, mean,
         except Exception as exc:
             if present:
                 raise ConfigError(f"{name}: could not read {os.path.join(root, folder)} "
-                                  f"({_one_line(exc)}); delete it or pass --data-dir DIR containing "
+                                  f"({one_line(exc, 200)}); delete it or pass --data-dir DIR containing "
                                   f"an intact {folder}") from exc
             raise ConfigError(
-                f"could not download {name} into {root} (no internet?): {_one_line(exc)}; download "
+                f"could not download {name} into {root} (no internet?): {one_line(exc, 200)}; download "
                 f"it elsewhere and pass --data-dir DIR containing {folder}") from exc
         m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -240,11 +240,6 @@ def _cifar_loader(name: str, cls_name: str, folder: str, num_classes: int, mean,
                        num_classes, (3, 32, 32))
 
     return load
-
-
-def _one_line(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 #: name -> loader(data_dir) -> Dataset

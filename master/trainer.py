@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from common.config import Config
+from common.errors import one_line
 from common.io import MetricsLog, load_torch, save_torch, write_json
 from common.problem import Problem
 from common.schedule import ByzantineSchedule
@@ -98,8 +99,7 @@ class Trainer:
             try:
                 rows = _worker_rows(path, self.saved_round, workers, missing)
             except Exception as e:  # noqa: BLE001 - a damaged file must not stop the checkpoint
-                text = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-                why = f"the checkpoint of round {self.saved_round} is unusable ({text})"
+                why = f"the checkpoint of round {self.saved_round} is unusable ({one_line(e)})"
         if rows is not None:
             for k, v in rows.items():
                 workers[k][missing] = v
