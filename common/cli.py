@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
 from typing import Callable, Sequence
 
 from common.config import Config, list_choices, parse_args, validate
-from common.errors import ConfigError
+from common.errors import ConfigError, one_line
 from common.io import read_json, write_json
 
 
@@ -29,34 +28,24 @@ def resolve_run(argv: Sequence[str] | None, prog: str) -> tuple[Config, str, boo
             raise ConfigError(f"--resume {run_dir}: no checkpoint.pt and config.json there; "
                               "pass the directory of a run started by main.py or MPI_main.py")
         try:
-            cfg = Config.from_dict(read_json(cfg_path))
+            saved = read_json(cfg_path)
+            cfg = Config.from_dict(saved)
         except (OSError, ValueError) as e:  # ValueError: not JSON (json.JSONDecodeError)
-            raise ConfigError(f"--resume {run_dir}: cannot read config.json ({_one_line(e)})") from None
+            raise ConfigError(f"--resume {run_dir}: cannot read config.json ({one_line(e)})") from None
         _check_checkpoint(run_dir)
         given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
         if "--no-progress" in given:
             cfg.progress = False
-        if "--rounds" in given or "--iterations" in given:
+        new_rounds = "--rounds" in given or "--iterations" in given
+        if new_rounds:
             cfg.rounds = ns.rounds
-            validate(cfg)
-            # the run's target is now R: a later --resume without --rounds continues to R too
-            saved = read_json(cfg_path)
-            saved["rounds"] = cfg.rounds
-            write_json(cfg_path, saved)
         validate(cfg)
+        if new_rounds:  # the run's target is now R: a later bare --resume continues to R too
+            write_json(cfg_path, {**saved, "rounds": cfg.rounds})
         return cfg, run_dir, True
     run_dir = cfg.output or os.path.join("outputs", cfg.run_name())
     cfg.output = run_dir
     return cfg, run_dir, False
-
-
-def _one_line(e: BaseException) -> str:
-    # Printable characters only: messages can quote bytes of a damaged or hostile file (terminal
-    # escape sequences included).
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))
-    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    text = text or type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _check_checkpoint(run_dir: str) -> None:
@@ -68,11 +57,11 @@ def _check_checkpoint(run_dir: str) -> None:
         ok = (isinstance(ck, dict) and isinstance(ck.get("round"), int)
               and isinstance(ck.get("server"), dict) and "params" in ck["server"])
     except UnsafeCheckpointError as e:
-        raise ConfigError(f"--resume {run_dir}: checkpoint.pt holds code ({_one_line(e)}), not "
+        raise ConfigError(f"--resume {run_dir}: checkpoint.pt holds code ({one_line(e)}), not "
                           "only tensors: refused without running it; it was tampered with or not "
                           "written by main.py/MPI_main.py") from None
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, pickle errors, EOFError...
-        raise ConfigError(f"--resume {run_dir}: checkpoint.pt is unreadable ({_one_line(e)}); "
+        raise ConfigError(f"--resume {run_dir}: checkpoint.pt is unreadable ({one_line(e)}); "
                           "it is damaged or was not written by main.py/MPI_main.py") from None
     if not ok:
         raise ConfigError(f"--resume {run_dir}: checkpoint.pt does not hold a run's state; "

@@ -29,8 +29,8 @@ from common.io import read_json, read_metrics
 
 # Config keys that never define a cell: bookkeeping, or per-seed.
 IGNORED = {"output", "progress", "seed", "trial_idx", "data_dir", "device", "grad_path",
-           "compile_rules", "checkpoint_every", "round_timeout", "state_timeout", "threads", "inject_fault",
-           "server_device"}
+           "compile_rules", "checkpoint_every", "round_timeout", "state_timeout", "threads",
+           "inject_fault", "server_device"}
 SHORT = {"num_workers": "n", "num_byzantine": "f", "momentum": "beta", "rfa_iters": "T",
          "redundancy": "r", "deterministic": "det", "byz_schedule": "sched", "defense_f": "f_def"}
 BARE = {"agg", "attack", "partition", "pre"}  # values that are self-explanatory
