@@ -173,10 +173,15 @@ def _diversefl_base(full: bool) -> Flags:
                 share_frac=0.03)
 
 
+DIVERSEFL_RULES = ["diversefl", "oracle", "cm", "trmean", "nmedian", "rsa"]
+DIVERSEFL_CLAIM = ("DiverseFL stays close to OracleSGD under class flip, sign flip and backdoor, "
+                   "while Median, TrMean, N-Median and RSA fall behind under non-iid data.")
+
+
 def _diversefl_grid(full: bool) -> list[Flags]:
     out = []
     for attack, sched in [("labelflip", "random"), ("signflip", "random"), ("backdoor", "markov")]:
-        for agg in ["diversefl", "oracle", "cm", "trmean", "nmedian", "rsa"]:
+        for agg in DIVERSEFL_RULES:
             out.append(dict(attack=attack, byz_schedule=sched, agg=agg))
     return out
 
@@ -198,9 +203,6 @@ FMNIST_ATTACKS: dict[str, Flags] = {
     "signflip": dict(byz_schedule="random", partition="noniid"),
     "backdoor": dict(byz_schedule="markov", partition="shards:2", markov_p=0.5, markov_k=5),
 }
-DIVERSEFL_RULES = ["diversefl", "oracle", "cm", "trmean", "nmedian", "rsa"]
-
-
 def _diversefl_fmnist_base(full: bool) -> Flags:
     return dict(dataset="fashionmnist", num_workers=20, num_byzantine=5, pre="none", momentum=0.0,
                 share_frac=0.01, trmean_beta=0.1, nmedian_std=0.01, batch_size=32,
@@ -316,8 +318,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment(
         "diversefl", "DiverseFL vs OracleSGD, CM, TrMean (beta = 0.1), N-Median, RSA: n = 20, 5 "
         "Byzantine redrawn each round (backdoor: persistent Markov), non-iid",
-        "DiverseFL stays close to OracleSGD under class flip, sign flip and backdoor, while Median, "
-        "TrMean, N-Median and RSA fall behind under non-iid data.",
+        DIVERSEFL_CLAIM,
         _diversefl_base, _diversefl_grid,
         Layout(rows=("agg",), cols=("attack", "byz_schedule"), facet_cols=("attack", "byz_schedule")),
         seeds=(1, 3)),
@@ -325,8 +326,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         "diversefl_fmnist", "DiverseFL vs OracleSGD, CM, TrMean (beta = 0.1), N-Median, RSA on "
         "Fashion-MNIST, softmax and MLP: n = 20, 5 Byzantine redrawn each round, sorted-label "
         "non-iid (backdoor: persistent Markov, shards:2 so every client holds 2 classes)",
-        "DiverseFL stays close to OracleSGD under class flip, sign flip and backdoor, while Median, "
-        "TrMean, N-Median and RSA fall behind under non-iid data.",
+        DIVERSEFL_CLAIM,
         _diversefl_fmnist_base, _diversefl_fmnist_grid,
         Layout(rows=("model", "agg"), cols=("attack", "partition", "byz_schedule"),
                facet_rows=("model",), facet_cols=("attack",)),
