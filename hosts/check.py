@@ -179,13 +179,13 @@ def check(path: str, ranks: int | None = None, do_resolve: bool = True
         problems += resolve(entries, path)
     if problems:
         return None, [], [p for _, p in sorted(problems, key=lambda lp: lp[0])]
-    warnings, errors = [], []
+    warnings = []
     slots = sum(e.slots for e in entries)
     if ranks is not None and ranks > slots:
         warnings.append(f"{path}: -n {ranks} is more than its {slots} slot{'s' * (slots != 1)}: "
                         "mpiexec does not refuse, it wraps around to the first host again and "
                         "oversubscribes the hosts")
-    return summary(entries, path, ranks), warnings, errors
+    return summary(entries, path, ranks), warnings, []
 
 
 class _Parser(argparse.ArgumentParser):
