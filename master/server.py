@@ -15,8 +15,8 @@ from common.schedule import learning_rate
 from common.seeding import round_generator
 
 
-# Compiling the sorting network costs 5-30 s once and saves about 45 ns per coordinate and
-# round over the eager network (measured at (25, 1e6)): worth it from ~5e8 coordinate-rounds.
+# Compiling the sorting network costs 1-10 s once and saves about 45 ns per coordinate and round
+# over the eager network (both measured at (25, 1e6)): worth it from ~5e8 coordinate-rounds.
 COMPILE_MIN_WORK = 5e8
 
 
