@@ -6,7 +6,29 @@ glibc's mmap threshold (32 MiB) is a fresh mapping whose 4 KiB pages fault in on
 measured 40 ms of page faults per 100 MiB on the project machine, which made bucketing,
 resampling and the sign vote at (25, 1e6) 2.5x slower than their arithmetic. A value the user
 set in the environment is kept.
+
+glibc's malloc then gets a fixed 32 MiB mmap threshold and a 1 GiB trim threshold: the
+temporaries of a round (per-worker gradients, attack and rule buffers of a few MiB each) are
+reused from the heap instead of being mapped, faulted in and zeroed by the kernel every round
+(measured on the MLP round at n = 20: 25.5 -> 23.1 ms). Skipped where glibc is not the C library.
 """
+import ctypes
+import ctypes.util
 import os
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _tune_malloc() -> None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt, Windows)
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest allowed value on 64-bit
+    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+
+
+_tune_malloc()
