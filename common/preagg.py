@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from common.errors import ConfigError, unknown_name
+from common.finite import finite_rows
 from common.rules import pairwise_sq_distances
 
 __all__ = ["bucketing", "resampling", "nnm", "bucketing_matrix", "resampling_groups",
@@ -60,7 +61,7 @@ def _mix(w: Tensor, x: Tensor) -> Tensor:
             torch.mm(w, x[:, s:s + _MIX_CHUNK], out=out[:, s:s + _MIX_CHUNK])
     else:
         out = w @ x
-    bad = ~torch.isfinite(out.sum(dim=1))
+    bad = ~finite_rows(out)
     if bool(bad.any()):
         for r in torch.nonzero(bad).flatten().tolist():
             row = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)

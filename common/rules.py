@@ -65,6 +65,7 @@ from torch import Tensor
 
 from common import sortnet
 from common.errors import ConfigError, unknown_name
+from common.finite import all_finite
 
 __all__ = [
     "mean", "oracle", "pairwise_sq_distances", "krum_scores", "select_multikrum", "krum",
@@ -94,7 +95,7 @@ def _weighted_sum(w: Tensor, x: Tensor) -> Tensor:
     """
     w = w.to(device=x.device, dtype=x.dtype)
     out = w @ x
-    if not bool(torch.isfinite(out).all()):
+    if not all_finite(out):
         idx = torch.nonzero(w).flatten().tolist()
         out = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
         for i in idx:

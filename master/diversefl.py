@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 from common.config import Config
+from common.finite import all_finite
 from common.problem import Problem
 from common.seeding import round_generator
 from worker.group import choose_path
@@ -81,7 +82,7 @@ def check_sample(x: Tensor, y: Tensor, count: int, input_shape: Sequence[int],
         return f"dtypes {x.dtype}/{y.dtype}, expected float32/int64"
     if tuple(x.shape) != (count, *input_shape) or tuple(y.shape) != (count,):
         return f"shapes {tuple(x.shape)}/{tuple(y.shape)}, expected {(count, *input_shape)}/({count},)"
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         return "non-finite inputs"
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         return f"labels outside [0, {num_classes})"

@@ -7,20 +7,18 @@ rule's n/f precondition still holds; with ``mean`` it shrinks the step instead o
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
+
+from common.finite import all_finite, finite_rows
 
 OK = "ok"
 
 
 def sanitize(messages: Tensor, status: list[str]) -> dict[int, str]:
     """Zero every row that is not usable, in place; return {worker: reason} for those rows."""
-    if all(st == OK for st in status) and bool(torch.isfinite(messages.sum())):
-        # A finite total means every entry is finite (NaN and +-Inf propagate through a sum); it
-        # costs one memory pass where the elementwise mask costs ~10. A huge finite total that
-        # overflows to Inf just falls through to the exact check below.
+    if all(st == OK for st in status) and all_finite(messages):
         return {}
-    finite = torch.isfinite(messages).all(dim=1).tolist()
+    finite = finite_rows(messages).tolist()
     faults = {}
     for i, (ok, st) in enumerate(zip(finite, status)):
         reason = st if st != OK else (None if ok else "nonfinite")

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from common.config import Config
+from common.finite import finite_rows
 from common.problem import Problem
 from master.messages import OK
 from master.transport import RoundResult, Transport
@@ -243,7 +244,7 @@ class MPITransport(Transport):
         """Omniscient attacks: send the usable honest rows to the crafting ranks, receive the
         Byzantine rows back. Returns the attack's info from the lowest replying rank."""
         usable = np.array([s == OK for s in status]) & ~byz
-        usable &= torch.isfinite(self.msg_t).all(dim=1).numpy()
+        usable &= finite_rows(self.msg_t).numpy()
         honest = np.ascontiguousarray(self.msg[usable])
         live = {tag(seq, KIND_CRAFT)}
         replies, expect = {}, {}

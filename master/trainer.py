@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from common.config import Config
 from common.errors import one_line
+from common.finite import all_finite
 from common.io import MetricsLog, load_torch, save_torch, write_json
 from common.problem import Problem
 from common.schedule import ByzantineSchedule
@@ -195,7 +196,7 @@ class Trainer:
         update, info = self.server.aggregate(res.messages, honest, t)
         for k in info.get("invalid", ()):  # a vote buffer that did not decode (signSGD)
             faults.setdefault(int(k), "undecodable")
-        if not torch.isfinite(update).all():
+        if not all_finite(update):
             # Only reachable when the rule's precondition is violated at run time (e.g. f too
             # small for the real number of attackers): skip the step rather than poison the model.
             faults[-1] = "nonfinite_update"

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from common import rules as R
+from common.finite import all_finite, finite_rows
 from common.preagg import make_chain
 from master.messages import OK, sanitize
 
@@ -125,6 +126,26 @@ def test_sanitize_zeroes_exactly_the_unusable_rows(n, d, seed, data):
         else:
             assert torch.equal(x[i], before[i])
     assert bool(torch.isfinite(x).all())
+
+
+@SETTINGS
+@given(n=st.integers(1, 6), d=st.integers(1, 7),
+       data=st.data())
+def test_fast_finite_checks_equal_the_elementwise_ones(n, d, data):
+    # 3e38 twice overflows a float32 sum although every entry is finite
+    values = st.sampled_from([0.0, 1.5, -2.0, 3e38, -3e38, math.nan, math.inf, -math.inf])
+    x = torch.tensor(data.draw(st.lists(st.lists(values, min_size=d, max_size=d),
+                                        min_size=n, max_size=n)), dtype=torch.float32)
+    assert all_finite(x) == bool(torch.isfinite(x).all())
+    assert torch.equal(finite_rows(x), torch.isfinite(x).all(dim=1))
+
+
+def test_fast_finite_checks_by_hand():
+    assert all_finite(torch.tensor([3e38, 3e38]))          # the sum overflows, entries do not
+    assert not all_finite(torch.tensor([1.0, math.nan]))
+    assert all_finite(torch.empty(0))
+    x = torch.tensor([[3e38, 3e38], [1.0, -math.inf], [math.inf, -math.inf], [0.0, 2.0]])
+    assert finite_rows(x).tolist() == [True, False, False, True]
 
 
 # ------------------------------------------------------------------------------------------
