@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,19 @@ def test_digits(digits):
     # deterministic split, independent of the cache
     fresh = data_mod.DATASETS["digits"](None)
     assert torch.equal(fresh.x_train, d.x_train) and torch.equal(fresh.y_test, d.y_test)
+
+
+def test_digits_file_read_equals_sklearn_load_digits(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    ref = load_digits()
+    images, target = data_mod.digits_arrays()
+    assert images.shape == (1797, 8, 8) and np.array_equal(images, ref.images)
+    assert np.array_equal(target, ref.target)
+    # without the shipped file (or sklearn's layout changing) it falls back to load_digits
+    monkeypatch.setattr(data_mod.os.path, "isfile", lambda p: False)
+    images, target = data_mod.digits_arrays()
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)
 
 
 @pytest.mark.skipif(not os.path.isdir(data_mod.FASHION_MNIST_SYSTEM_DIR),
