@@ -3,7 +3,7 @@
     python bench/rounds.py                    # all three parts
     python bench/rounds.py --part rounds      # (a) CNN n=25 cclip+bucketing:2 under ALIE,
                                               # (b) MLP n=20 and n=100, on Fashion-MNIST
-    python bench/rounds.py --part paths       # vmap vs loop for softmax, mlp, cnn, resnet20
+    python bench/rounds.py --part paths       # linear vs vmap vs loop: softmax, mlp, cnn, resnet20
     python bench/rounds.py --part memory      # ResNet-18 round: peak RSS vs the (n, d) stack
     python bench/rounds.py --part default     # wall time of `python main.py` (no arguments)
 
@@ -36,6 +36,7 @@ from common.problem import build_problem  # noqa: E402
 from master.trainer import Trainer  # noqa: E402
 from master.transport import InProcessTransport  # noqa: E402
 from worker.group import FAST_PATH, WorkerGroup  # noqa: E402
+from worker.linear_grads import linear_layers  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -105,23 +106,25 @@ def part_rounds(reps: int) -> None:
 
 
 def part_paths(reps: int) -> None:
-    print(f"\n== honest gradients of one group: vmap vs loop (Fashion-MNIST, b=32; "
+    print(f"\n== honest gradients of one group: linear vs vmap vs loop (Fashion-MNIST, b=32; "
           f"{torch.get_num_threads()} thread(s), median of {reps}); FAST_PATH in worker/group.py")
-    print(f"{'model':<10}{'n':>5}{'vmap ms':>10}{'loop ms':>10}{'loop/vmap':>11}{'faster':>8}"
+    print(f"{'model':<10}{'n':>5}{'linear ms':>11}{'vmap ms':>10}{'loop ms':>10}{'fastest':>9}"
           f"{'FAST_PATH':>11}")
     for model, n in (("softmax", 20), ("mlp", 20), ("mlp", 100), ("cnn", 25), ("resnet20", 4)):
         res = {}
-        for path in ("vmap", "loop"):
+        for path in ("linear", "vmap", "loop"):
             cfg = Config(dataset="fashionmnist", model=model, num_workers=n, num_byzantine=0,
                          attack="none", agg="mean", pre="none", batch_size=32, grad_path=path)
             problem = build_problem(cfg)
+            if path == "linear" and linear_layers(problem.model) is None:
+                continue
             group = WorkerGroup(cfg, problem, range(n), make_attack("none", n, 0, 10), CPU)
             x, y = group.batches(0)
             params = problem.init_params
             res[path] = median_time(lambda: group.gradients(params, x, y), reps)
-        faster = "vmap" if res["vmap"] < res["loop"] else "loop"
-        print(f"{model:<10}{n:>5}{1e3 * res['vmap']:>10.1f}{1e3 * res['loop']:>10.1f}"
-              f"{res['loop'] / res['vmap']:>11.2f}{faster:>8}{FAST_PATH[model]:>11}", flush=True)
+        ms = {p: f"{1e3 * res[p]:.1f}" if p in res else "-" for p in ("linear", "vmap", "loop")}
+        print(f"{model:<10}{n:>5}{ms['linear']:>11}{ms['vmap']:>10}{ms['loop']:>10}"
+              f"{min(res, key=res.get):>9}{FAST_PATH[model]:>11}", flush=True)
 
 
 _MEMORY_CHILD = r"""

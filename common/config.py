@@ -24,7 +24,7 @@ from common.errors import ConfigError, unknown_name
 LR_SCHEDULES = ("constant", "sqrt", "step", "warmup")
 BYZ_SCHEDULES = ("fixed", "random", "markov")
 MOMENTUM_STYLES = ("heavyball", "ema")
-GRAD_PATHS = ("auto", "vmap", "loop")
+GRAD_PATHS = ("auto", "linear", "vmap", "loop")
 COMPILE_MODES = ("auto", "on", "off")
 # --inject-fault: what a faulty MPI worker rank does to its messages (worker/mpi_worker.py).
 # stallstate: from its 2nd STATE command on, the rank answers only once rank 0 has given up
@@ -326,8 +326,9 @@ def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
                    help="MPI: rank 0's device (cpu | cuda | cuda:N | auto; default: as --device); "
                    "messages are staged through host memory either way")
     g.add_argument("--grad-path", choices=GRAD_PATHS, default=d.grad_path,
-                   help="how a worker group computes its gradients: one vmap call or a loop; "
-                   "auto picks the faster for the model")
+                   help="how a worker group computes its gradients: linear (one batched pass, "
+                   "models made of Linear layers only), one vmap call, or a loop; auto picks "
+                   "the fastest for the model")
     g.add_argument("--compile-rules", choices=COMPILE_MODES, default=d.compile_rules,
                    help="run the sorting network of cm/nmedian/trmean/bulyan (n <= 32, CPU) as "
                    "one torch.compile kernel (cm 5x faster at d = 1e6; compiling takes 1-10 s once "

@@ -162,8 +162,8 @@ class GuidingGradients:
     """Every client's gradient of the mean cross-entropy on its shared sample, at given params.
 
     Vectorised over clients (``torch.func.vmap`` of a masked loss over samples padded to the
-    longest one) on the same path the worker group would use for the model
-    (:func:`worker.group.choose_path`); a per-client loop of forward/backward otherwise.
+    longest one) unless the worker group would use a per-client loop for the model
+    (:func:`worker.group.choose_path`), in which case so does this.
     Clients with no usable sample (None) get the zero vector.
     """
 
@@ -190,7 +190,7 @@ class GuidingGradients:
     def __call__(self, params: Tensor) -> Tensor:
         """(n, d) guiding gradients at ``params`` (d,)."""
         params = params.to(self.device)
-        if self.path == "vmap":
+        if self.path != "loop":  # vmap also for "linear": the padded samples need their weights
             grads = self._vgrad(self.flat.views(params), self.x, self.y, self.w)
             return self.flat.flatten_dict(grads, self.n).detach()
         out = torch.zeros(self.n, self.flat.dim, device=self.device)

@@ -1,4 +1,4 @@
-"""Worker groups: the vmap and loop gradient paths agree, a worker's message does not depend on
+"""Worker groups: the linear, vmap and loop gradient paths agree, a worker's message does not depend on
 which group hosts it, and both momentum conventions match a hand computation."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from common.attacks import make_attack
 from common.config import Config, attack_params
+from common.errors import ConfigError
 from common.problem import build_problem
 from worker.group import FAST_PATH, WorkerGroup, choose_path
 
@@ -21,7 +22,7 @@ def make_group(cfg: Config, problem, ids: range) -> WorkerGroup:
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn", "softmax"])
-def test_vmap_and_loop_paths_give_the_same_gradients(model):
+def test_gradient_paths_give_the_same_gradients(model):
     base = dict(model=model, num_workers=6, num_byzantine=0, attack="none", agg="mean",
                 pre="none", batch_size=16)
     problem = build_problem(Config(**base))
@@ -29,15 +30,17 @@ def test_vmap_and_loop_paths_give_the_same_gradients(model):
     params = problem.init_params + 0.05 * torch.randn(problem.dim,
                                                      generator=torch.Generator().manual_seed(1))
     out = {}
-    for path in ("vmap", "loop"):
+    paths = ("linear", "vmap", "loop") if model != "cnn" else ("vmap", "loop")
+    for path in paths:
         g = make_group(Config(**base, grad_path=path), problem, range(6))
         assert g.path == path
         x, y = g.batches(0)
         out[path] = (g.gradients(params, x, y), g.losses.clone())
-    (gv, lv), (gl, ll) = out["vmap"], out["loop"]
-    assert gv.shape == gl.shape == (6, problem.dim)
-    torch.testing.assert_close(gv, gl, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(lv, ll, atol=1e-5, rtol=1e-5)
+    gl, ll = out["loop"]
+    assert gl.shape == (6, problem.dim)
+    for path in paths[:-1]:
+        torch.testing.assert_close(out[path][0], gl, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out[path][1], ll, atol=1e-5, rtol=1e-5)
     # and both equal a plain autograd gradient of worker 2's batch
     model_ = problem.model
     problem.flat.load_into(model_, params)
@@ -53,7 +56,13 @@ def test_auto_path_follows_fast_path_table():
     assert choose_path(Config(model="cnn", grad_path="vmap"), CPU) == "vmap"
 
 
-@pytest.mark.parametrize("path", ["vmap", "loop"])
+def test_linear_path_refuses_a_model_with_other_layers():
+    cfg = Config(model="cnn", num_workers=2, num_byzantine=0, attack="none", grad_path="linear")
+    with pytest.raises(ConfigError, match="Linear layers.*auto, vmap or loop"):
+        make_group(cfg, build_problem(cfg), range(2))
+
+
+@pytest.mark.parametrize("path", ["linear", "vmap", "loop"])
 @pytest.mark.parametrize("agg,attack", [("cm", "bitflip"), ("nmedian", "gaussian"),
                                         ("cm", "labelflip")])
 def test_message_does_not_depend_on_grouping(path, agg, attack):
@@ -121,3 +130,14 @@ def test_byzantine_momenta_are_lent_to_the_attack_and_restored():
         torch.testing.assert_close(m[:2], ref[:2])
         m[2] = 123.0                                        # the server may scribble on rows too
     torch.testing.assert_close(attacked.state_dict()["momenta"], clean.momenta)
+
+
+def test_linear_layers_names_every_parameter_of_a_linear_model_only():
+    from worker.linear_grads import linear_layers
+    for model, expect in (("mlp", True), ("softmax", True), ("cnn", False)):
+        problem = build_problem(Config(model=model))
+        layers = linear_layers(problem.model)
+        assert (layers is not None) == expect
+        if expect:
+            assert list(layers) == problem.flat.names
+            assert {kind for _, kind in layers.values()} == {"weight", "bias"}

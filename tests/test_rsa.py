@@ -57,7 +57,7 @@ def test_server_step_with_weight_decay_by_hand():
     assert torch.allclose(server.params, torch.full((d,), 0.54))
 
 
-@pytest.mark.parametrize("path", ["vmap", "loop"])
+@pytest.mark.parametrize("path", ["linear", "vmap", "loop"])
 def test_group_round_matches_autograd_and_reflects_byzantine(path):
     cfg = _cfg(grad_path=path)
     problem = build_problem(cfg)

@@ -178,7 +178,7 @@ def test_slices_are_an_epoch_permutation_of_the_training_set():
     assert not torch.equal(group.slice_indices(0), group.slice_indices(rounds))
 
 
-@pytest.mark.parametrize("path", ["vmap", "loop"])
+@pytest.mark.parametrize("path", ["linear", "vmap", "loop"])
 def test_node_votes_match_an_independent_computation(path):
     cfg = coded_cfg("--grad-path", path)
     group, problem = _group(cfg)

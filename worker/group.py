@@ -1,10 +1,11 @@
 """A group of k workers computing all their messages for a round in one call.
 
 ``main.py`` hosts one group of all n workers; under MPI each worker rank hosts a contiguous
-group. Gradients come from the fastest path for the model (see :data:`FAST_PATH`): one
-``torch.func`` ``vmap(grad)`` call over the group, or a plain per-worker loop of
-forward/backward (faster for convolutional models on CPU, where vmap's batched convolutions lose
-to the native kernels; measured by ``bench/rounds.py``).
+group. Gradients come from the fastest path for the model (see :data:`FAST_PATH`): for models
+made only of Linear layers one forward/backward over the whole group plus a batched product per
+layer (:mod:`worker.linear_grads`), otherwise one ``torch.func`` ``vmap(grad)`` call or a plain
+per-worker loop of forward/backward (faster for convolutional models on CPU, where vmap's
+batched convolutions lose to the native kernels; measured by ``bench/rounds.py``).
 
 Everything random is keyed by (seed, round, worker) (:mod:`common.seeding`), so a worker's
 message does not depend on which group hosts it: one process and many ranks agree.
@@ -18,13 +19,15 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from common.attacks import Attack, AttackInput
 from common.config import Config
+from common.errors import ConfigError
 from common.partition import pad_shards, sample_batches
 from common.problem import Problem
 from common.seeding import round_generator
 from worker.backdoor import BackdoorSampler
+from worker.linear_grads import linear_layers, per_worker_gradients
 
 # Which gradient path "auto" picks, by model (bench/rounds.py measures both on this CPU).
-FAST_PATH = {"softmax": "vmap", "mlp": "vmap", "cnn": "loop", "resnet20": "loop",
+FAST_PATH = {"softmax": "linear", "mlp": "linear", "cnn": "loop", "resnet20": "loop",
              "resnet18": "loop", "vgg11": "loop"}
 
 
@@ -50,6 +53,11 @@ class WorkerGroup:
         self.model = problem.model
         self.flat = problem.flat
         self.path = choose_path(cfg, device)
+        self.layers = linear_layers(self.model) if self.path == "linear" else None
+        if self.path == "linear" and self.layers is None:
+            raise ConfigError(f"--grad-path linear needs a model whose parameters all belong to "
+                              f"Linear layers (softmax, mlp); {cfg.model} has others: use "
+                              "auto, vmap or loop")
         self.momenta = torch.zeros(self.k, problem.dim, device=device)
         self._lent: tuple[Tensor, Tensor] | None = None  # (rows, their momenta): see compute()
         self.losses = torch.zeros(self.k)
@@ -112,6 +120,11 @@ class WorkerGroup:
                 update(views[name], grads[name])
             return
         self.flat.load_into(self.model, params)
+        if self.path == "linear":
+            losses = per_worker_gradients(self.model, self.layers, x, y,
+                                          lambda name, rows, g: update(views[name][rows], g))
+            self.losses = losses.cpu()
+            return
         named = [(name, p) for name, p in self.model.named_parameters()]
         losses = []
         for i in range(x.shape[0]):

@@ -51,7 +51,7 @@ class RSAGroup(WorkerGroup):
 
     def model_gradients(self, thetas: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """(k, d) gradient of client j's minibatch loss at its own model ``thetas[j]``."""
-        if self.path == "vmap":
+        if self.path != "loop":  # per-client models: the linear path's shared layers do not apply
             grads, losses = self._vgrad_own(self.flat.views(thetas), x, y)
             self.losses = losses.detach().cpu()
             return self.flat.flatten_dict(grads, self.k)
