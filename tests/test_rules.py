@@ -125,6 +125,16 @@ def test_network_matches_sort(n):
         assert torch.allclose(R.trimmed_mean(x, b), s[b:n - b].mean(0), atol=1e-6)
 
 
+def test_network_over_several_column_chunks(monkeypatch):
+    """Chunks of 1024 columns (2100 = 1024 + 1024 + 52): the same values as one sort."""
+    monkeypatch.setattr(sortnet, "CHUNK_ROW_BYTES", (4096, 4096))
+    x = randn(9, 2100, seed=3, dtype=torch.float32)
+    s = x.sort(dim=0).values
+    with network_path(True):
+        assert torch.equal(R.coordinate_median(x), s[4])
+        assert torch.allclose(R.trimmed_mean(x, 2), s[2:7].mean(0), atol=1e-6)
+
+
 @pytest.mark.slow
 def test_compiled_network_equals_eager():
     """The compiled sorting network (one torch.compile kernel) gives the eager network's values:
