@@ -1,5 +1,5 @@
-"""Worker groups: the linear, vmap and loop gradient paths agree, a worker's message does not depend on
-which group hosts it, and both momentum conventions match a hand computation."""
+"""Worker groups: the linear, vmap and loop gradient paths agree, a worker's message does not
+depend on which group hosts it, and both momentum conventions match a hand computation."""
 from __future__ import annotations
 
 import pytest
@@ -41,7 +41,7 @@ def test_gradient_paths_give_the_same_gradients(model):
     for path in paths[:-1]:
         torch.testing.assert_close(out[path][0], gl, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(out[path][1], ll, atol=1e-5, rtol=1e-5)
-    # and both equal a plain autograd gradient of worker 2's batch
+    # and the loop equals a plain autograd gradient of worker 2's batch
     model_ = problem.model
     problem.flat.load_into(model_, params)
     model_.zero_grad(set_to_none=True)
