@@ -129,8 +129,8 @@ class VoteWire:
 class CodedGroup(WorkerGroup):
     """Nodes ``ids`` of an election-coded signSGD run, hosted by one process.
 
-    The group computes each slice gradient its nodes need once (one ``vmap`` call over the
-    slices, or a loop for convolutional models: :meth:`WorkerGroup.gradients`), and
+    The group computes each slice gradient its nodes need once (one batched call over the slices,
+    or a loop for convolutional models: :meth:`WorkerGroup.gradients`), and
     :meth:`compute` returns the nodes' packed votes as a (k, width) uint8 stack.
     """
 
