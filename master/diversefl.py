@@ -220,7 +220,7 @@ class DiverseFL:
 
     def __init__(self, cfg: Config, problem: Problem, device: torch.device, params: Tensor) -> None:
         self.cfg, self.problem, self.device, self.params = cfg, problem, device, params
-        self.path = choose_path(cfg, device)
+        self.path = choose_path(cfg, problem.model)
         self.guides: GuidingGradients | None = None
         self.missing: list[int] = []
         self.info: dict = {}

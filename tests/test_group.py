@@ -52,8 +52,12 @@ def test_gradient_paths_give_the_same_gradients(model):
 
 def test_auto_path_follows_fast_path_table():
     for model, path in FAST_PATH.items():
-        assert choose_path(Config(model=model), CPU) == path
-    assert choose_path(Config(model="cnn", grad_path="vmap"), CPU) == "vmap"
+        cfg = Config(model=model)
+        assert choose_path(cfg, build_problem(cfg).model) == path
+    cnn = Config(model="cnn", grad_path="vmap")
+    assert choose_path(cnn, build_problem(cnn).model) == "vmap"
+    # auto never picks the linear path for a module that is not made of Linear layers
+    assert choose_path(Config(model="mlp"), torch.nn.Conv2d(1, 2, 3)) == "vmap"
 
 
 def test_linear_path_refuses_a_model_with_other_layers():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from common.attacks import Attack, AttackInput
@@ -31,10 +31,13 @@ FAST_PATH = {"softmax": "linear", "mlp": "linear", "cnn": "loop", "resnet20": "l
              "resnet18": "loop", "vgg11": "loop"}
 
 
-def choose_path(cfg: Config, device: torch.device) -> str:
+def choose_path(cfg: Config, model: nn.Module) -> str:
+    """``--grad-path``, or for ``auto`` the model's :data:`FAST_PATH` entry, with vmap in place
+    of the linear path when ``model`` has parameters outside Linear layers."""
     if cfg.grad_path != "auto":
         return cfg.grad_path
-    return FAST_PATH.get(cfg.model, "loop")
+    path = FAST_PATH.get(cfg.model, "loop")
+    return "vmap" if path == "linear" and linear_layers(model) is None else path
 
 
 class WorkerGroup:
@@ -52,7 +55,7 @@ class WorkerGroup:
         self.table, self.lengths = table.to(device), lengths.to(device)
         self.model = problem.model
         self.flat = problem.flat
-        self.path = choose_path(cfg, device)
+        self.path = choose_path(cfg, self.model)
         self.layers = linear_layers(self.model) if self.path == "linear" else None
         if self.path == "linear" and self.layers is None:
             raise ConfigError(f"--grad-path linear needs a model whose parameters all belong to "

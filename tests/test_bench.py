@@ -1,0 +1,44 @@
+"""The benchmark scripts run end to end at toy sizes and print their tables (their numbers are
+not checked here: speed lives in bench/, never in tests). A bench that stopped running would
+otherwise go unnoticed until someone needs its figures."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from common.data import FASHION_MNIST_SYSTEM_DIR
+from tests.processes import ROOT, process_env
+
+
+def bench(*args: str) -> str:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                         env=process_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_rules_bench_prints_every_rule():
+    text = bench("bench/rules.py", "--sizes", "5x4096", "--reps", "1", "--no-byzfl",
+                 "--threads", "1")
+    for rule in ("mean", "krum", "multikrum", "cm", "trmean", "rfa", "cclip", "bulyan",
+                 "signmv", "bucketing:2", "resampling:2", "nnm", "cm+compile"):
+        assert re.search(rf"^{re.escape(rule)}\S*\s+\d+\.\d", text, re.M), (rule, text)
+
+
+def test_mpi_bench_prints_one_row_per_rank_count_and_size():
+    text = bench("bench/mpi.py", "--ranks", "3", "--dims", "1000", "--reps", "2")
+    assert re.search(r"^\s+3\s+2\s+1e\+03\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", text, re.M), text
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_SYSTEM_DIR),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_rounds_bench_times_every_gradient_path():
+    text = bench("bench/rounds.py", "--part", "paths", "--reps", "1", "--threads", "1")
+    rows = {m.group(1) + m.group(2): m.group(0) for m in
+            re.finditer(r"^(\w+)\s+(\d+)\s.*$", text, re.M)}
+    assert re.search(r"\s[\d.]+\s+[\d.]+\s+[\d.]+\s+\w+\s+linear$", rows["mlp20"]), rows
+    assert re.search(r"\s-\s+[\d.]+\s+[\d.]+\s+\w+\s+loop$", rows["cnn25"]), rows
