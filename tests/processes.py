@@ -41,6 +41,15 @@ def run_mpi(ranks: int, *flags: str, timeout: float = 600,
                           timeout=timeout, env=process_env(**(env or {})))
 
 
+def run_python(*args: str, timeout: float = 300,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` (a script such as ``main.py``, ``-m MODULE`` or ``-c CODE``) in ROOT to
+    the end, output captured as text. ``env`` is added to ``process_env()``. The caller checks
+    the returncode."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=process_env(**(env or {})))
+
+
 def final_params(run_dir) -> torch.Tensor:
     """The server's parameters in ``run_dir/checkpoint.pt``."""
     from common.io import load_torch

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from common.data import FASHION_MNIST_SYSTEM_DIR
-from tests.processes import ROOT, process_env
+from tests.processes import run_python
 
 
 def bench(*args: str) -> str:
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                         env=process_env(), timeout=300)
+    out = run_python(*args)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 

@@ -8,23 +8,18 @@ subprocess, as a user would see it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
 from common import attacks, data, models, preagg, rules
 from common.config import Config, extra_rule_names, parse_args
 from common.errors import ConfigError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+from tests.processes import run_python
 
 
 def run_main(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env=ENV)
+    return run_python("main.py", *args, timeout=120)
 
 
 # -- the two flag styles ----------------------------------------------------------------------

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,8 +18,8 @@ from common.data import load_dataset
 from common.io import read_json, read_metrics
 from common.partition import label_counts
 from common.problem import worker_shards
+from tests.processes import run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 
@@ -112,9 +110,7 @@ def test_compiled_rules_train_to_the_same_model(tmp_path):
 def test_default_command_finishes_and_prints_accuracy(tmp_path):
     # `python main.py` with no arguments runs 150 rounds (timed in bench/rounds.py and the
     # README); here the same defaults with fewer rounds, through the real entry point.
-    r = subprocess.run([sys.executable, "main.py", "--rounds", "4", "-o", str(tmp_path / "d")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = run_python("main.py", "--rounds", "4", "-o", tmp_path / "d")
     assert r.returncode == 0, r.stderr
     assert "final test accuracy" in r.stdout
     cfg = read_json(os.path.join(tmp_path, "d", "config.json"))

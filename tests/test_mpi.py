@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import main as main_mod
 from common.io import load_torch, read_metrics
-from tests.processes import ROOT, final_params, mpi_cmd, run_mpi, running
+from tests.processes import final_params, mpi_cmd, run_mpi, run_python, running
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec")]
@@ -110,8 +108,7 @@ def test_wrong_rank_count_and_missing_mpiexec_exit_2_with_one_line(tmp_path):
     assert "at most 5 ranks" in lines[0]
     assert not (tmp_path / "x").exists()
 
-    p = subprocess.run([sys.executable, "MPI_main.py", "-n", "4", "-f", "1"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=LIMIT)
+    p = run_python("MPI_main.py", "-n", "4", "-f", "1", timeout=LIMIT)
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "start it with mpiexec" in lines[0], p.stderr

@@ -3,13 +3,9 @@ buffer is reused without new page faults, instead of a fresh mapping per buffer;
 user set in the environment is kept."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.processes import ROOT
+from tests.processes import run_python
 
 # Bytes held in mmap'ed chunks (glibc mallinfo2().hblkhd) while a 12 MB tensor is alive.
 _SNIPPET = """
@@ -27,8 +23,7 @@ print(mallinfo2().hblkhd)
 
 
 def _mapped_bytes(**env: str) -> int:
-    out = subprocess.run([sys.executable, "-c", _SNIPPET], cwd=ROOT, capture_output=True,
-                         text=True, env={**os.environ, **env})
+    out = run_python("-c", _SNIPPET, timeout=120, env=env)
     if "mallinfo2" in out.stderr:
         pytest.skip("not glibc >= 2.33 (no mallinfo2)")
     assert out.returncode == 0, out.stderr

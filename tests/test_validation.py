@@ -16,7 +16,7 @@ import main as main_mod
 from common.cli import resolve_run
 from common.config import Config, parse_args, validate
 from common.errors import ConfigError
-from tests.processes import ROOT
+from tests.processes import ROOT, run_python
 
 # (argv, a substring the one-line message must contain: it names the flag or the bound)
 BAD = [
@@ -200,8 +200,7 @@ def test_resume_of_a_tampered_checkpoint_runs_no_code(tmp_path, capsys):
     assert marker.exists()
     marker.unlink()
 
-    r = subprocess.run([sys.executable, "main.py", "--resume", str(d), "--rounds", "2"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = run_python("main.py", "--resume", d, "--rounds", "2", timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     line = _one_clear_line(r.stderr)
     assert line == (f"error: --resume {d}: checkpoint.pt holds code (io.open), not only "
@@ -420,8 +419,7 @@ def test_hostfile_check_agrees_with_mpiexec(tmp_path):
 ])
 def test_subprocess_exit_code_2_without_traceback(argv, needle, tmp_path):
     args = argv.format(tmp=tmp_path).split()
-    r = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+    r = run_python("main.py", *args, timeout=120)
     assert r.returncode == 2, r.stderr
     assert needle in _one_clear_line(r.stderr)
     assert r.stdout == ""
