@@ -61,19 +61,22 @@ def test_groups_sigterm_and_resume_on_other_rank_count_match_main(tmp_path):
     assert proc.returncode == 130, err
     assert "checkpoint saved" in out
     stopped = int(load_torch(str(d / "checkpoint.pt"))["round"])
-    assert 2 <= stopped < 8
+    assert stopped >= 2
+    # the resumed part always crosses an evaluation (every 4) and a mimic state update; a fixed
+    # total of 8 rounds failed when the signal landed only after round 8 (rounds take ~ms)
+    total = stopped + 4
 
-    p = run_mpi(5, "--resume", str(d), "--rounds", "8")
+    p = run_mpi(5, "--resume", str(d), "--rounds", str(total))
     assert p.returncode == 0, p.stderr
-    main_mod.main([*flags, "--rounds", "8", "--no-progress", "-o", str(tmp_path / "main")])
+    main_mod.main([*flags, "--rounds", str(total), "--no-progress", "-o", str(tmp_path / "main")])
     a, b = read_metrics(d / "metrics.jsonl"), read_metrics(tmp_path / "main" / "metrics.jsonl")
-    assert [r["round"] for r in a] == list(range(8))
+    assert [r["round"] for r in a] == list(range(total))
     assert [r["byzantine"] for r in a] == [r["byzantine"] for r in b]
     assert [r["attack"]["target"] for r in a] == [r["attack"]["target"] for r in b]
     torch.testing.assert_close(final_params(d), final_params(tmp_path / "main"), atol=1e-5, rtol=0)
     ca, cb = load_torch(str(d / "checkpoint.pt")), load_torch(str(tmp_path / "main" / "checkpoint.pt"))
     torch.testing.assert_close(ca["workers"]["momenta"], cb["workers"]["momenta"], atol=1e-5, rtol=0)
-    assert ca["workers"]["attack"]["t"] == cb["workers"]["attack"]["t"] == 8
+    assert ca["workers"]["attack"]["t"] == cb["workers"]["attack"]["t"] == total
     torch.testing.assert_close(ca["workers"]["attack"]["z"], cb["workers"]["attack"]["z"],
                                atol=1e-5, rtol=0)
 
