@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from common.attacks import make_attack  # noqa: E402
-from common.config import Config, attack_params  # noqa: E402
+from common.config import Config  # noqa: E402
 from common.problem import build_problem  # noqa: E402
 from master.trainer import Trainer  # noqa: E402
 from master.transport import InProcessTransport  # noqa: E402
@@ -153,9 +152,9 @@ print(problem.dim, base, rss())
 
 
 def part_memory(ns: list[int], threads: int) -> None:
-    print(f"\n== peak memory of a round: ResNet-18 on Fashion-MNIST (batch 2, cclip + "
-          f"bucketing:2, ALIE); two rounds in a fresh process, max RSS above the baseline "
-          f"after loading data and model")
+    print("\n== peak memory of a round: ResNet-18 on Fashion-MNIST (batch 2, cclip + "
+          "bucketing:2, ALIE); two rounds in a fresh process, max RSS above the baseline "
+          "after loading data and model")
     print(f"{'n':>5}{'d':>11}{'stack MiB':>11}{'peak-base MiB':>15}{'x stack':>9}{'secs':>7}")
     rows = []
     for n in ns:
@@ -171,7 +170,7 @@ def part_memory(ns: list[int], threads: int) -> None:
         print(f"{n:>5}{d:>11}{stack / 2**20:>11.0f}{(peak - base) / 2**20:>15.0f}"
               f"{(peak - base) / stack:>9.2f}{time.time() - t:>7.0f}", flush=True)
     if len(rows) >= 2 and rows[-1][0] != 100:
-        (n0, m0, s0), (n1, m1, s1) = rows[-2], rows[-1]
+        (n0, m0, _), (n1, m1, s1) = rows[-2], rows[-1]
         per_worker = (m1 - m0) / (n1 - n0)
         fixed = m1 - per_worker * n1
         est = fixed + per_worker * 100

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import Config, parse_args, validate
+from common.config import Config, parse_args
 from common.data import Dataset
 from common.errors import ConfigError
 from common.flat import FlatParams

@@ -18,13 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.bitpack import pack_signs, pack_ternary
 from common.config import Config, parse_args
 from common.errors import ConfigError
 from common.problem import build_problem
 from master.server import Server
 from master.signsgd import MajorityVote
-from master.transport import InProcessTransport
 from worker.coded import CodedGroup, VoteWire, code_for
 from worker.group import make_worker_group
 from common.attacks import make_attack
