@@ -82,8 +82,8 @@ class Experiment:
         n_seeds = seeds if seeds is not None else self.seeds[1 if full else 0]
         out = []
         for cell in self.grid(full):
+            extra = self.implied(cell, full) if self.implied else {}
             for s in range(n_seeds):
-                extra = self.implied(cell, full) if self.implied else {}
                 flags = {**base, **cell, **extra, "seed": s}
                 if not full and flags.get("agg") == "cclip":
                     flags.setdefault("cclip_tau", CPU_CCLIP_TAU)
@@ -203,6 +203,8 @@ FMNIST_ATTACKS: dict[str, Flags] = {
     "signflip": dict(byz_schedule="random", partition="noniid"),
     "backdoor": dict(byz_schedule="markov", partition="shards:2", markov_p=0.5, markov_k=5),
 }
+
+
 def _diversefl_fmnist_base(full: bool) -> Flags:
     return dict(dataset="fashionmnist", num_workers=20, num_byzantine=5, pre="none", momentum=0.0,
                 share_frac=0.01, trmean_beta=0.1, nmedian_std=0.01, batch_size=32,
