@@ -1,10 +1,6 @@
 """Tests for common.coding: election codes, votes, exhaustive verification and code search."""
 
 import itertools
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,8 +25,8 @@ from common.coding import (
     tolerates,
 )
 from common.errors import ConfigError
+from tests.processes import run_python
 
-REPO = Path(__file__).resolve().parents[1]
 PAPER_CODE = [[1, 0, 0, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
 
 
@@ -307,11 +303,7 @@ def test_search_impossible_and_budget():
 
 
 def _cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(
-        [sys.executable, "-m", "common.coding", *args], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=60,
-    )
+    return run_python("-m", "common.coding", *args, timeout=60)
 
 
 def test_cli_verify_builtin_code():

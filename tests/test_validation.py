@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -16,7 +15,7 @@ import main as main_mod
 from common.cli import resolve_run
 from common.config import Config, parse_args, validate
 from common.errors import ConfigError
-from tests.processes import ROOT, run_python
+from tests.processes import run_python
 
 # (argv, a substring the one-line message must contain: it names the flag or the bound)
 BAD = [
@@ -250,10 +249,8 @@ def test_defaults_and_boundaries_are_accepted():
 # python -m hosts.check (hosts/check.py); these run it as users do, in a subprocess (stdlib only,
 # no torch import: about 0.1 s each)
 
-def _check_hosts(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "hosts.check", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+def _check_hosts(*args):
+    return run_python("-m", "hosts.check", *args, timeout=60)
 
 
 GOOD_HOSTFILE = ("# the server's node first\n"
