@@ -166,12 +166,12 @@ def network_reduce(x: Tensor, positions: tuple[int, ...], spec: Combine,
     the eager network if compiling fails).
     """
     n, d = x.shape
-    comps = pruned_network(n, positions, symmetric)
     if compiled and n <= COMPILE_MAX_N and not _COMPILE_FAILED:
         try:
             return _compiled(n, positions, spec, symmetric)(x)
         except Exception as e:  # noqa: BLE001 -- any compiler failure: warn once, go eager
             _disable_compile(e)
+    comps = pruned_network(n, positions, symmetric)
     lo, hi = CHUNK_ROW_BYTES
     chunk = min(max(CHUNK_SET_BYTES // n, lo), hi) // x.element_size()
     out = torch.empty(d, dtype=x.dtype, device=x.device)
