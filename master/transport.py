@@ -12,6 +12,7 @@ from torch import Tensor
 from common.attacks import make_attack
 from common.config import Config, attack_params
 from common.problem import Problem
+from common.rows import put_rows, take_rows
 from master.messages import OK
 from worker.group import make_worker_group
 
@@ -68,8 +69,9 @@ class InProcessTransport(Transport):
             rows = mask.nonzero().flatten()
             h = int((~mask).sum())
             # The fixed schedule's honest rows are the first n - f: pass a view, not a copy.
-            honest = msgs[:h] if not bool(mask[:h].any()) else msgs[~mask]
-            msgs[rows] = group.craft(msgs[rows], honest, t, rows)
+            honest = (msgs[:h] if not bool(mask[:h].any())
+                      else take_rows(msgs, (~mask).nonzero().flatten()))
+            put_rows(msgs, rows, group.craft(take_rows(msgs, rows), honest, t, rows))
         if byz.any() and group.attack.info:
             info["attack"] = group.attack.info
         if self.cfg.protocol == "sign":  # bytes each node put on the wire (packed votes)

@@ -22,6 +22,7 @@ from common.config import Config
 from common.errors import ConfigError
 from common.partition import pad_shards, sample_batches
 from common.problem import Problem
+from common.rows import put_rows, take_rows
 from common.seeding import round_generator
 from worker.backdoor import BackdoorSampler
 from worker.linear_grads import linear_layers, per_worker_gradients
@@ -171,16 +172,16 @@ class WorkerGroup:
         else:
             msgs = self.momenta
             if len(rows):
-                self._lent = (rows, self.momenta[rows].clone())
+                self._lent = (rows, take_rows(self.momenta, rows))
         if len(rows) and not self.attack.omniscient:
-            msgs[rows] = self.craft(msgs[rows], None, t, rows)
+            put_rows(msgs, rows, self.craft(take_rows(msgs, rows), None, t, rows))
         return msgs
 
     def _restore_lent(self) -> None:
         """Put back the Byzantine workers' momenta that the last messages lent out."""
         if self._lent is not None:
             rows, saved = self._lent
-            self.momenta[rows] = saved
+            put_rows(self.momenta, rows, saved)
             self._lent = None
 
     def craft(self, own: Tensor, honest: Tensor | None, t: int, local_rows: Tensor) -> Tensor:

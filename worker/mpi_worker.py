@@ -32,6 +32,7 @@ import torch
 from common.attacks import Attack, make_attack
 from common.config import Config, attack_params, parse_faults
 from common.problem import Problem
+from common.rows import take_rows
 
 # -- commands, header, tags ------------------------------------------------------------------
 CMD_ROUND, CMD_STATE, CMD_LOAD, CMD_STOP = 1, 2, 3, 4
@@ -380,7 +381,7 @@ class WorkerRank:
             return
         honest = self._recv_from_root(tag(seq, KIND_HONEST), np.float32).reshape(-1, self.d)
         rows = local.nonzero().flatten()
-        own = msgs[rows]
+        own = take_rows(msgs, rows)
         if len(honest):
             crafted = g.craft(own, torch.from_numpy(honest).to(self.device), t, rows)
         else:  # every honest message was unusable: nothing to copy, send own rows

@@ -29,6 +29,7 @@ from torch.func import grad_and_value, vmap
 from common.attacks import Attack
 from common.config import Config
 from common.problem import Problem
+from common.rows import put_rows, take_rows
 from common.schedule import learning_rate
 from worker.group import WorkerGroup
 
@@ -77,7 +78,7 @@ class RSAGroup(WorkerGroup):
         msgs = self.thetas.clone()
         if byz.any() and not self.attack.omniscient:
             rows = byz.nonzero().flatten()
-            msgs[rows] = self.craft(msgs[rows], None, t, rows)
+            put_rows(msgs, rows, self.craft(take_rows(msgs, rows), None, t, rows))
         return msgs
 
     def craft(self, own: Tensor, honest: Tensor | None, t: int, local_rows: Tensor) -> Tensor:
