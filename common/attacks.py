@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from common import native
 from common.errors import ConfigError, unknown_name
 
 __all__ = [
@@ -156,19 +157,8 @@ def alie_vector(honest: Tensor, z: float) -> Tensor:
 
     sigma is the unbiased standard deviation (divisor h - 1); with a single honest row sigma = 0.
     """
-    mu = honest.mean(dim=0)
-    h = honest.shape[0]
-    if h < 2:
-        return mu.clone()
-    # Two-pass variance, one row at a time: ``Tensor.std(dim=0)`` over an (h, d) stack is
-    # ~10-20x slower than a memory pass on CPU (bench/rounds.py: it dominated ALIE rounds).
-    acc = torch.zeros_like(mu)
-    diff = torch.empty_like(mu)
-    for row in honest:
-        torch.sub(row, mu, out=diff)
-        acc.addcmul_(diff, diff)
-    sigma = acc.div_(h - 1).sqrt_()
-    return mu - z * sigma
+    mu, var = native.mean_var(honest)
+    return mu - z * var.sqrt_()
 
 
 def ipm_vector(honest: Tensor, eps: float = 0.1) -> Tensor:

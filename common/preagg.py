@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from common.errors import ConfigError, unknown_name
+from common import native
 from common.finite import finite_rows
 from common.rules import pairwise_sq_distances
 
@@ -44,23 +45,11 @@ def _check_matrix(x: Tensor) -> None:
                          f"got {getattr(x, 'shape', type(x))}")
 
 
-_MIX_CHUNK = 16384  # columns per product on CPU (measured at (25, 1e6): 26 ms vs 88 ms unchunked)
-
-
 def _mix(w: Tensor, x: Tensor) -> Tensor:
-    """``w @ x`` for a (k, n) mixing matrix, recomputing non-finite rows from nonzero weights.
-
-    On CPU the product runs over column blocks: MKL's single (k, n) x (n, d) call for d in the
-    millions streams x through memory once per output row block, 3x slower than blocks that
-    stay in cache.
-    """
+    """``w @ x`` for a (k, n) mixing matrix (:func:`common.native.mix`), recomputing non-finite
+    rows from their nonzero weights only."""
     w = w.to(device=x.device, dtype=x.dtype)
-    if x.device.type == "cpu" and x.shape[1] > _MIX_CHUNK:
-        out = torch.empty(w.shape[0], x.shape[1], dtype=x.dtype)
-        for s in range(0, x.shape[1], _MIX_CHUNK):
-            torch.mm(w, x[:, s:s + _MIX_CHUNK], out=out[:, s:s + _MIX_CHUNK])
-    else:
-        out = w @ x
+    out = native.mix(w, x)
     bad = ~finite_rows(out)
     if bool(bad.any()):
         for r in torch.nonzero(bad).flatten().tolist():

@@ -1,0 +1,457 @@
+/* CPU kernels for the distance-based rules, where torch's generic kernels are slow.
+ *
+ * gram_f32: G += X X^T over a column range (Krum, Multi-Krum, Bulyan and NNM's distances).
+ *   MKL treats the (n, d) x (d, n) product with n << d as a general GEMM: it packs both
+ *   operands, computes both triangles and pads n to its tile: 32 ms at (25, 1e6) on the
+ *   project machine, where the symmetric product's arithmetic takes 8 ms. Here each column
+ *   chunk of all n rows is loaded into L2 once (with the next chunk prefetched meanwhile) and
+ *   4 x 4 row tiles of the upper triangle accumulate in registers: 10 ms.
+ * sqdist_to_f32: ||x_i - z||^2 for every row in one pass (CClip, RFA).
+ * mean_var_f32: column means and variances in one read (ALIE).
+ * sortnet_f32: a pruned sorting network per column, on blocks held in L1 (coordinate-wise
+ *   median, trimmed mean, Bulyan).
+ * mix_f32: OUT = W X for a small (m, n) mixing matrix (NNM). Register tiles of R output rows
+ *   by CB vectors of columns, with streaming stores for outputs too large to stay in cache.
+ *
+ * Portable C with GCC/Clang vector extensions: the vector width and tile sizes follow the
+ * target (AVX-512: 16 floats and 32 registers; AVX/AVX2: 8 and 16; otherwise 4 floats, e.g.
+ * SSE or NEON). Compiled on first use by common/native.py with -O3 -march=native.
+ * Accumulation is in float32 vectors within a column chunk and in float64 across chunks.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__)
+#define W 16
+#define REGS 32
+#elif defined(__AVX__)
+#define W 8
+#define REGS 16
+#else
+#define W 4
+#if defined(__aarch64__)
+#define REGS 32
+#else
+#define REGS 16
+#endif
+#endif
+
+/* Pin a value in a register: without this GCC folds the loads into the FMAs' memory operands
+ * and re-reads each vector once per use, which made the Gram tile load-bound (20 loads per
+ * 16 FMAs). */
+#if defined(__x86_64__) || defined(__i386__)
+#define KEEP(v) __asm__("" : "+v"(v))
+#elif defined(__aarch64__)
+#define KEEP(v) __asm__("" : "+w"(v))
+#else
+#define KEEP(v) ((void)0)
+#endif
+
+typedef float vf __attribute__((vector_size(W * sizeof(float))));
+
+static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline double hsum(vf v) { double s = 0; for (int l = 0; l < W; ++l) s += v[l]; return s; }
+
+/* ------------------------------------------------------------------------------------------
+ * Gram matrix
+ * ---------------------------------------------------------------------------------------- */
+
+#define GB (REGS >= 32 ? 4 : 3) /* rows per tile: GB x GB accumulators + GB + 1 loaded vectors */
+
+/* Walks the lines of the next column chunk, one prefetch per call, so that its first sweep
+ * finds the rows in L2 instead of stalling on memory (measured 12.6 -> 9.7 ms at (25, 1e6)). */
+typedef struct { const float *x; long ld, rows, row, k, k0, k1; } cursor;
+
+static inline void prefetch_next(cursor *p) {
+    if (p->row >= p->rows) return;
+    __builtin_prefetch(p->x + p->row * p->ld + p->k, 0, 1);
+    p->k += 64 / sizeof(float);
+    if (p->k >= p->k1) { p->k = p->k0; p->row++; }
+}
+
+typedef void tile_fn(const float *const *a, const float *const *b, long kc, long kv, long ke,
+                     double *g, long n, long i0, long j0, cursor *pf);
+
+/* g[i0 + r, j0 + c] += a[r] . b[c] over columns [kc, ke), for all r < RA, c < RB (UPPER: only
+ * r <= c, for a tile on the diagonal). Columns [kc, kv) run in vectors, [kv, ke) scalar. */
+#define TILE(NAME, RA, RB, UPPER)                                                              \
+    static void NAME(const float *const *a, const float *const *b, long kc, long kv, long ke,  \
+                     double *g, long n, long i0, long j0, cursor *pf) {                        \
+        vf acc[RA][RB];                                                                        \
+        _Pragma("GCC unroll 4") for (int r = 0; r < RA; ++r)                                   \
+            _Pragma("GCC unroll 4") for (int c = 0; c < RB; ++c) acc[r][c] = (vf){0};          \
+        for (long k = kc; k < kv; k += W) {                                                    \
+            vf av[RA];                                                                         \
+            _Pragma("GCC unroll 4") for (int r = 0; r < RA; ++r) {                             \
+                av[r] = load(a[r] + k);                                                        \
+                KEEP(av[r]);                                                                   \
+            }                                                                                  \
+            _Pragma("GCC unroll 4") for (int c = 0; c < RB; ++c) {                             \
+                vf bv = load(b[c] + k);                                                        \
+                KEEP(bv);                                                                      \
+                _Pragma("GCC unroll 4") for (int r = 0; r < RA; ++r)                           \
+                    if (!(UPPER) || r <= c) acc[r][c] += av[r] * bv;                           \
+            }                                                                                  \
+            prefetch_next(pf);                                                                 \
+            prefetch_next(pf);                                                                 \
+        }                                                                                      \
+        for (int r = 0; r < RA; ++r)                                                           \
+            for (int c = 0; c < RB; ++c) {                                                     \
+                if ((UPPER) && r > c) continue;                                                \
+                double s = hsum(acc[r][c]);                                                    \
+                for (long k = kv; k < ke; ++k) s += (double)a[r][k] * b[c][k];                 \
+                g[(i0 + r) * n + j0 + c] += s;                                                 \
+            }                                                                                  \
+    }
+
+TILE(tile_1, GB, 1, 0)
+TILE(tile_2, GB, 2, 0)
+TILE(tile_3, GB, 3, 0)
+TILE(diag_1, 1, 1, 1)
+TILE(diag_2, 2, 2, 1)
+TILE(diag_3, 3, 3, 1)
+#if GB == 4
+TILE(tile_4, 4, 4, 0)
+TILE(diag_4, 4, 4, 1)
+static tile_fn *const off_tiles[] = {0, tile_1, tile_2, tile_3, tile_4};
+static tile_fn *const diag_tiles[] = {0, diag_1, diag_2, diag_3, diag_4};
+#else
+static tile_fn *const off_tiles[] = {0, tile_1, tile_2, tile_3};
+static tile_fn *const diag_tiles[] = {0, diag_1, diag_2, diag_3};
+#endif
+
+/* Upper triangle (j >= i) of g (n x n, row-major float64) += x[:, k0:k1] x[:, k0:k1]^T, where
+ * row i of x starts at x + i * ld. chunk: columns per L2-resident chunk. */
+void gram_f32(const float *x, long n, long ld, long k0, long k1, long chunk, double *g) {
+    for (long kc = k0; kc < k1; kc += chunk) {
+        long ke = kc + chunk < k1 ? kc + chunk : k1, kv = kc + (ke - kc) / W * W;
+        long next = ke + chunk < k1 ? ke + chunk : k1;
+        cursor pf = {x, ld, next > ke ? n : 0, 0, ke, ke, next};
+        for (long i0 = 0; i0 < n; i0 += GB) {
+            int ra = n - i0 < GB ? (int)(n - i0) : GB;
+            const float *a[GB];
+            for (int r = 0; r < ra; ++r) a[r] = x + (i0 + r) * ld;
+            diag_tiles[ra](a, a, kc, kv, ke, g, n, i0, i0, &pf);
+            /* only the last row block can be short, and it is never an `a` block here */
+            for (long j0 = i0 + GB; j0 < n; j0 += GB) {
+                int rb = n - j0 < GB ? (int)(n - j0) : GB;
+                const float *b[GB];
+                for (int c = 0; c < rb; ++c) b[c] = x + (j0 + c) * ld;
+                off_tiles[rb](a, b, kc, kv, ke, g, n, i0, j0, &pf);
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Distances to one point
+ * ---------------------------------------------------------------------------------------- */
+
+#define DCHUNK 32768 /* columns of z kept in L2 while the rows stream past it */
+#define DROWS 4       /* rows per sweep: fewer reads of z, several memory streams at once */
+
+/* out[i] += sum_{k in [k0, k1)} (x[i, k] - z[k])^2 for i < n (CClip, RFA): one read of x, where
+ * a difference and a norm per row read it twice and write a buffer. */
+void sqdist_to_f32(const float *x, long n, long ld, const float *z, long k0, long k1,
+                   double *out) {
+    for (long kc = k0; kc < k1; kc += DCHUNK) {
+        long ke = kc + DCHUNK < k1 ? kc + DCHUNK : k1, kv = kc + (ke - kc) / W * W;
+        for (long i0 = 0; i0 < n; i0 += DROWS) {
+            const float *r[DROWS];
+            for (int q = 0; q < DROWS; ++q) r[q] = x + (i0 + q < n ? i0 + q : n - 1) * ld;
+            vf acc[DROWS];
+            for (int q = 0; q < DROWS; ++q) acc[q] = (vf){0};
+            for (long k = kc; k < kv; k += W) {
+                vf zk = load(z + k);
+                _Pragma("GCC unroll 4") for (int q = 0; q < DROWS; ++q) {
+                    vf t = load(r[q] + k) - zk;
+                    acc[q] += t * t;
+                }
+            }
+            for (int q = 0; q < DROWS && i0 + q < n; ++q) {
+                double s = hsum(acc[q]);
+                for (long k = kv; k < ke; ++k) s += (double)(r[q][k] - z[k]) * (r[q][k] - z[k]);
+                out[i0 + q] += s;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Column mean and variance
+ * ---------------------------------------------------------------------------------------- */
+
+#define VCHUNK 1024 /* columns per chunk: its n rows stay in L2 for the second pass */
+
+/* mean[k] = (1/n) sum_i x[i, k] and var[k] = sum_i (x[i, k] - mean[k])^2 / (n - 1) (0 when
+ * n = 1) for k in [k0, k1) (ALIE): the two-pass formula, reading x from memory once. */
+void mean_var_f32(const float *x, long n, long ld, long k0, long k1, float *mean, float *var) {
+    float cnt = (float)n, cnt1 = n > 1 ? (float)(n - 1) : 1.0f; /* n = 1: q = 0, var 0 */
+    for (long kc = k0; kc < k1; kc += VCHUNK) {
+        long ke = kc + VCHUNK < k1 ? kc + VCHUNK : k1, kv = kc + (ke - kc) / W * W;
+        for (long k = kc; k < kv; k += W) {
+            vf s = load(x + k);
+            for (long i = 1; i < n; ++i) s += load(x + i * ld + k);
+            store(mean + k, s / cnt);
+        }
+        for (long k = kv; k < ke; ++k) {
+            float s = x[k];
+            for (long i = 1; i < n; ++i) s += x[i * ld + k];
+            mean[k] = s / cnt;
+        }
+        for (long k = kc; k < kv; k += W) {
+            vf m = load(mean + k), q = {0};
+            for (long i = 0; i < n; ++i) {
+                vf t = load(x + i * ld + k) - m;
+                q += t * t;
+            }
+            store(var + k, q / cnt1);
+        }
+        for (long k = kv; k < ke; ++k) {
+            float q = 0;
+            for (long i = 0; i < n; ++i) q += (x[i * ld + k] - mean[k]) * (x[i * ld + k] - mean[k]);
+            var[k] = q / cnt1;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Order statistics by a sorting network
+ * ---------------------------------------------------------------------------------------- */
+
+#define SBUF_BYTES (16 << 10) /* a column block of all n rows, in L1 */
+#define BVMAX 8               /* vectors per row in a block (n <= 32 gets 8) */
+
+typedef int vi __attribute__((vector_size(W * sizeof(float))));
+
+static inline vf select_v(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+
+/* (a < b ? a : b) and (a < b ? b : a) per lane: one instruction each where the ISA has it */
+#if defined(__AVX512F__)
+static inline vf min_v(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
+static inline vf max_v(vf a, vf b) { return (vf)_mm512_max_ps((__m512)b, (__m512)a); }
+#elif defined(__AVX__)
+static inline vf min_v(vf a, vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
+static inline vf max_v(vf a, vf b) { return (vf)_mm256_max_ps((__m256)b, (__m256)a); }
+#else
+static inline vf min_v(vf a, vf b) { return select_v(a < b, a, b); }
+static inline vf max_v(vf a, vf b) { return select_v(a < b, b, a); }
+#endif
+
+/* The comparators on a block of bv vectors per row: the fast path (no NaN in the block), with
+ * the widest block as a constant so that a comparator's vectors are unrolled. Wide blocks keep
+ * a comparator's loads far from the stores of the comparators before it: with one vector per
+ * row, loads that overtake the store they depend on made the median 20x slower. */
+static void run_comparators_8(vf *buf, const int *comps, long ncomp) {
+    for (long c = 0; c < ncomp; ++c) {
+        vf *ra = buf + comps[2 * c] * 8, *rb = buf + comps[2 * c + 1] * 8;
+        vf a[8], b[8];
+        _Pragma("GCC unroll 8") for (int v = 0; v < 8; ++v) {
+            a[v] = ra[v];
+            b[v] = rb[v];
+        }
+        _Pragma("GCC unroll 8") for (int v = 0; v < 8; ++v) {
+            ra[v] = min_v(a[v], b[v]);
+            rb[v] = max_v(a[v], b[v]);
+        }
+    }
+}
+
+static void run_comparators_any(vf *buf, long bv, const int *comps, long ncomp) {
+    for (long c = 0; c < ncomp; ++c) {
+        vf *ra = buf + comps[2 * c] * bv, *rb = buf + comps[2 * c + 1] * bv;
+        for (long v = 0; v < bv; ++v) {
+            vf a = ra[v], b = rb[v];
+            ra[v] = min_v(a, b);
+            rb[v] = max_v(a, b);
+        }
+    }
+}
+
+/* NaN in a or b gives NaN in both outputs, as torch.minimum/maximum. */
+static void run_comparators_nan(vf *buf, long bv, const int *comps, long ncomp) {
+    for (long c = 0; c < ncomp; ++c) {
+        vf *ra = buf + comps[2 * c] * bv, *rb = buf + comps[2 * c + 1] * bv;
+        for (long v = 0; v < bv; ++v) {
+            vf a = ra[v], b = rb[v];
+            vi bad = (a != a) | (b != b);
+            ra[v] = select_v(bad, a + b, min_v(a, b));
+            rb[v] = select_v(bad, a + b, max_v(a, b));
+        }
+    }
+}
+
+/* Per column of x (n rows): run the comparators comps[0..2*ncomp) ((a, b) pairs: row a gets
+ * the minimum, row b the maximum; NaN in either gives NaN in both, as torch.minimum/maximum),
+ * then combine the sorted rows pos[0..npos) into out: kind 0 "pick" (pos[0]), 1 "halves"
+ * (0.5 a + 0.5 b), 2 "mean" (sum in order, times 1/npos), 3 "window" (Bulyan: the mean of the
+ * beta consecutive values of least max-distance to the median, ties to the lowest; see
+ * common/sortnet.py). Columns [k0, k1). Returns 0, or -1 if n is too large for the buffer. */
+int sortnet_f32(const float *x, long n, long ld, long k0, long k1, const int *comps, long ncomp,
+                const int *pos, long npos, int kind, long beta, float *out) {
+    static __thread vf buf[SBUF_BYTES / sizeof(vf)];
+    long bv = (long)(SBUF_BYTES / sizeof(vf)) / n; /* vectors per row in a block */
+    if (bv < 1) return -1;
+    if (bv > BVMAX) bv = BVMAX;
+    long step = bv * W;
+    for (long kc = k0; kc < k1; kc += step) {
+        long cols = k1 - kc < step ? k1 - kc : step;
+        vi nan = {0};
+        for (long i = 0; i < n; ++i) {
+            const float *xi = x + i * ld + kc;
+            vf *row = buf + i * bv;
+            if (cols == step) {
+                if (kc + 3 * step <= k1) /* the row's block after next: the rows are n streams */
+                    for (long c = 0; c < step; c += 64 / (long)sizeof(float))
+                        __builtin_prefetch(xi + 2 * step + c, 0, 1);
+                for (long v = 0; v < bv; ++v) {
+                    vf t = load(xi + v * W);
+                    nan |= t != t;
+                    row[v] = t;
+                }
+            } else { /* last, partial block: zero padding, never stored */
+                float *r = (float *)row;
+                for (long c = 0; c < step; ++c) r[c] = c < cols ? xi[c] : 0.0f;
+                for (long v = 0; v < bv; ++v) nan |= row[v] != row[v];
+            }
+        }
+        int any_nan = 0;
+        for (int l = 0; l < W; ++l) any_nan |= nan[l];
+        if (any_nan)
+            run_comparators_nan(buf, bv, comps, ncomp);
+        else if (bv == 8)
+            run_comparators_8(buf, comps, ncomp);
+        else
+            run_comparators_any(buf, bv, comps, ncomp);
+        for (long v = 0; v < bv; ++v) {
+            vf r;
+            if (kind == 0) {
+                r = buf[pos[0] * bv + v];
+            } else if (kind == 1) {
+                r = 0.5f * buf[pos[0] * bv + v] + 0.5f * buf[pos[1] * bv + v];
+            } else if (kind == 2) {
+                r = buf[pos[0] * bv + v];
+                for (long p = 1; p < npos; ++p) r += buf[pos[p] * bv + v];
+                r *= (float)(1.0 / (double)npos);
+            } else {
+                long theta = npos, h = theta / 2;
+                vf med = theta % 2 ? buf[pos[h] * bv + v]
+                                   : 0.5f * buf[pos[h - 1] * bv + v] + 0.5f * buf[pos[h] * bv + v];
+                vf best_cost = {0}, best_sum = {0};
+                for (long j = 0; j + beta <= theta; ++j) {
+                    vf lo = med - buf[pos[j] * bv + v], hi = buf[pos[j + beta - 1] * bv + v] - med;
+                    vi m = lo > hi; /* torch.maximum: NaN in either gives NaN */
+                    vf cost = select_v(m, lo, hi);
+                    vi bad = (lo != lo) | (hi != hi);
+                    cost = select_v(bad, lo + hi, cost);
+                    vf total = buf[pos[j] * bv + v];
+                    for (long q = 1; q < beta; ++q) total += buf[pos[j + q] * bv + v];
+                    if (j == 0) {
+                        best_cost = cost;
+                        best_sum = total;
+                    } else {
+                        vi better = cost < best_cost;
+                        best_cost = select_v(better, cost, best_cost);
+                        best_sum = select_v(better, total, best_sum);
+                    }
+                }
+                r = best_sum / (float)beta;
+            }
+            float *o = out + kc + v * W;
+            if (cols == step) {
+                store(o, r);
+            } else {
+                for (long c = 0; c < W && v * W + c < cols; ++c) o[c] = r[c];
+            }
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Mixing product
+ * ---------------------------------------------------------------------------------------- */
+
+#define CB (REGS >= 32 ? 4 : 2) /* column vectors per tile */
+#define MR (REGS >= 32 ? 6 : 4) /* output rows per tile: MR x CB accumulators + CB + 1 */
+#define PF_TILES 8              /* prefetch distance, in column tiles */
+
+static inline void store_stream(float *p, vf v) {
+#if defined(__AVX512F__)
+    _mm512_stream_ps(p, (__m512)v);
+#elif defined(__AVX__)
+    _mm256_stream_ps(p, (__m256)v);
+#else
+    store(p, v);
+#endif
+}
+
+typedef void mix_fn(const float *w, long n, const float *x, long ldx, long k, long kend,
+                    float *out, long ldo, long r0, int stream);
+
+/* out[r0 + r, k : k + CB*W] = sum_j w[r0 + r, j] x[j, k : k + CB*W] for r < R. */
+#define MIXTILE(NAME, R)                                                                       \
+    static void NAME(const float *w, long n, const float *x, long ldx, long k, long kend,      \
+                     float *out, long ldo, long r0, int stream) {                              \
+        vf acc[R][CB];                                                                         \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                    \
+            _Pragma("GCC unroll 4") for (int c = 0; c < CB; ++c) acc[r][c] = (vf){0};          \
+        for (long j = 0; j < n; ++j) {                                                         \
+            const float *xj = x + j * ldx + k;                                                 \
+            vf xv[CB];                                                                         \
+            _Pragma("GCC unroll 4") for (int c = 0; c < CB; ++c) {                             \
+                xv[c] = load(xj + c * W);                                                      \
+                KEEP(xv[c]);                                                                   \
+            }                                                                                  \
+            if (r0 == 0 && k + (PF_TILES + 1) * CB * W <= kend)                                \
+                for (int c = 0; c < CB * W; c += 64 / (int)sizeof(float))                      \
+                    __builtin_prefetch(xj + PF_TILES * CB * W + c, 0, 1);                      \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {                              \
+                vf wv = (vf){0} + w[(r0 + r) * n + j];                                         \
+                _Pragma("GCC unroll 4") for (int c = 0; c < CB; ++c) acc[r][c] += wv * xv[c];  \
+            }                                                                                  \
+        }                                                                                      \
+        for (int r = 0; r < R; ++r)                                                            \
+            for (int c = 0; c < CB; ++c) {                                                     \
+                float *p = out + (r0 + r) * ldo + k + c * W;                                   \
+                if (stream) store_stream(p, acc[r][c]); else store(p, acc[r][c]);              \
+            }                                                                                  \
+    }
+
+MIXTILE(mix_1, 1)
+MIXTILE(mix_2, 2)
+MIXTILE(mix_3, 3)
+MIXTILE(mix_4, 4)
+#if MR == 6
+MIXTILE(mix_5, 5)
+MIXTILE(mix_6, 6)
+static mix_fn *const mix_tiles[] = {0, mix_1, mix_2, mix_3, mix_4, mix_5, mix_6};
+#else
+static mix_fn *const mix_tiles[] = {0, mix_1, mix_2, mix_3, mix_4};
+#endif
+
+/* out[r, k] = sum_j w[r, j] x[j, k] for r < m, k in [k0, k1): w is (m, n) row-major float32,
+ * row j of x starts at x + j * ldx, row r of out at out + r * ldo. stream != 0 asks for
+ * non-temporal stores (used where the rows and out are aligned to the vector size). */
+void mix_f32(const float *w, long m, long n, const float *x, long ldx, long k0, long k1,
+             float *out, long ldo, int stream) {
+    long step = CB * W, kv = k0 + (k1 - k0) / step * step;
+    stream = stream && (uintptr_t)(out + k0) % (W * sizeof(float)) == 0 && ldo % W == 0;
+    for (long k = k0; k < kv; k += step)
+        for (long r0 = 0; r0 < m; r0 += MR)
+            mix_tiles[m - r0 < MR ? m - r0 : MR](w, n, x, ldx, k, kv, out, ldo, r0, stream);
+    for (long r = 0; r < m; ++r)
+        for (long k = kv; k < k1; ++k) {
+            float s = 0;
+            for (long j = 0; j < n; ++j) s += w[r * n + j] * x[j * ldx + k];
+            out[r * ldo + k] = s;
+        }
+#if defined(__AVX__)
+    if (stream) _mm_sfence(); /* streaming stores are weakly ordered */
+#endif
+}

@@ -1,0 +1,235 @@
+"""The native CPU kernels (common/kernels.c via common/native.py) against torch in float64, and
+the torch fallbacks they replace: ragged shapes, strided rows, several threads, NaN/inf, every
+vector-width build, and a machine without a compiler."""
+from __future__ import annotations
+
+import platform
+
+import pytest
+import torch
+
+from common import native, rules, sortnet
+from tests.processes import run_python
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler")
+
+SHAPES = [(1, 1), (2, 17), (3, 16), (4, 15), (5, 100), (7, 4097), (13, 333), (25, 20000),
+          (40, 1000)]
+
+
+@pytest.fixture
+def torch_only(monkeypatch):
+    """Run the code under test with the kernels switched off (the torch fallbacks)."""
+    monkeypatch.setitem(native._state, "lib", None)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
+
+
+def _strided(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """An (n, d) float32 view whose rows are d + 3 apart (contiguous rows, not a contiguous
+    tensor)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d + 3, generator=g)[:, 1:d + 1]
+
+
+@pytest.mark.parametrize("n,d", SHAPES)
+def test_gram_matches_float64(n, d, threads, monkeypatch):
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1)  # split even tiny inputs over the threads
+    x = _strided(n, d)
+    g = native.gram(x)
+    ref = x.double() @ x.double().T
+    assert g.dtype == torch.float64 and torch.equal(g, g.T)
+    torch.testing.assert_close(g, ref, rtol=1e-6, atol=1e-6 * d)
+
+
+def test_gram_of_a_huge_entry_overflows_like_float32():
+    x = torch.ones(3, 5000)
+    x[1, 7] = 1e20  # its square overflows float32: the caller's float64 fallback takes over
+    assert torch.isinf(native.gram(x)[1, 1])
+
+
+@pytest.mark.parametrize("n,d", SHAPES + [(25, 210000)])  # the last: streaming stores (> 16 MiB)
+def test_mix_matches_float64(n, d, threads, monkeypatch):
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1)
+    x = _strided(n, d) if d != 210000 else torch.randn(n, d)
+    w = torch.rand(n + 2, n, generator=torch.Generator().manual_seed(1))
+    out = native.mix(w, x)
+    ref = w.double() @ x.double()
+    assert out.dtype == torch.float32 and out.shape == (n + 2, d)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_mix_zero_weight_times_inf_is_nan_as_in_matmul():
+    x = torch.ones(3, 40)
+    x[2, 5] = float("inf")
+    w = torch.tensor([[0.5, 0.5, 0.0]])
+    assert torch.isnan(native.mix(w, x)[0, 5])  # preagg._mix recomputes such rows
+
+
+@pytest.mark.parametrize("n,d", SHAPES)
+def test_sq_distances_to_matches_float64(n, d, threads, monkeypatch):
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1)
+    x, z = _strided(n, d), torch.randn(d)
+    ref = (x.double() - z.double()).square().sum(1)
+    torch.testing.assert_close(native.sq_distances_to(x, z), ref, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("n,d", SHAPES)
+def test_mean_var_matches_torch(n, d, threads, monkeypatch):
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1)
+    x = _strided(n, d) * 3 + 5
+    mu, var = native.mean_var(x)
+    ref_var = x.double().var(0) if n > 1 else torch.zeros(d, dtype=torch.float64)
+    torch.testing.assert_close(mu.double(), x.double().mean(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(var.double(), ref_var, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n,d", SHAPES)
+def test_fallbacks_agree_with_the_kernels(n, d, monkeypatch):
+    x, z = _strided(n, d), torch.randn(d)
+    w = torch.rand(n, n)
+    fast = (native.gram(x), native.mix(w, x), native.sq_distances_to(x, z), native.mean_var(x))
+    monkeypatch.setitem(native._state, "lib", None)
+    slow = (native.gram(x), native.mix(w, x), native.sq_distances_to(x, z), native.mean_var(x))
+    for a, b in zip(fast[:3] + fast[3], slow[:3] + slow[3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+NETWORKS = [  # (n, positions, spec, symmetric): the median, trimmed mean and Bulyan combines
+    (25, (12,), ("pick",), False),
+    (10, (4, 5), ("halves",), True),
+    (25, tuple(range(5, 20)), ("mean",), True),
+    (13, tuple(range(13)), ("window", 5), False),
+    (100, (49, 50), ("halves",), True),
+    (128, (64,), ("pick",), False),
+]
+
+
+def _eager(x, positions, spec, symmetric, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setitem(native._state, "lib", None)
+        return sortnet.network_reduce(x, positions, spec, symmetric=symmetric)
+
+
+@pytest.mark.parametrize("n,positions,spec,symmetric", NETWORKS)
+@pytest.mark.parametrize("d", [2048, 2049 + 127, 9000])
+def test_network_equals_the_eager_torch_network(n, positions, spec, symmetric, d, threads,
+                                                monkeypatch):
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1)
+    x = _strided(n, d)
+    x[:, 3] = 1.0  # all-equal column
+    x[0, 4], x[-1, 4] = float("inf"), float("-inf")
+    comps = sortnet.pruned_network(n, positions, symmetric)
+    out = native.network_reduce(x, comps, positions, spec)
+    assert torch.equal(out, _eager(x, positions, spec, symmetric, monkeypatch))
+
+
+def test_network_propagates_nan_like_torch_minimum(monkeypatch):
+    x = _strided(25, 4000)
+    x[3, 10] = float("nan")   # one NaN column; every other column takes the fast path
+    x[7, 3000] = float("nan")
+    for positions, spec, sym in [((12,), ("pick",), False),
+                                 (tuple(range(5, 20)), ("mean",), True)]:
+        comps = sortnet.pruned_network(25, positions, sym)
+        out = native.network_reduce(x, comps, positions, spec)
+        ref = _eager(x, positions, spec, sym, monkeypatch)
+        assert torch.equal(torch.isnan(out), torch.isnan(ref))
+        assert torch.isnan(out[[10, 3000]]).all()
+        ok = ~torch.isnan(ref)
+        assert torch.equal(out[ok], ref[ok])
+
+
+def test_network_declines_what_it_cannot_hold():
+    x = torch.randn(300, 4096)
+    comps = sortnet.pruned_network(300, (150,))
+    assert native.network_reduce(x, comps, (150,), ("pick",)) is None      # n > 128
+    assert native.network_reduce(x[:5].double(), comps, (2,), ("pick",)) is None  # float64
+
+
+def test_rules_on_the_kernels_equal_rules_on_torch(monkeypatch):
+    """Krum's choice, NNM, CClip and ALIE: same results with and without the kernels."""
+    from common import attacks, preagg
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(15, 30000, generator=g)
+    x[:3] += 4.0  # three outliers
+    run = lambda: (rules.krum(x, 3), preagg.nnm(x, 3), rules.centered_clip(x, torch.zeros(30000)),  # noqa: E731
+                   attacks.alie_vector(x, 1.5), rules.coordinate_median(x))
+    fast = run()
+    monkeypatch.setitem(native._state, "lib", None)
+    for a, b in zip(fast, run()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+ISA_FLAGS = ["-O3 -march=x86-64-v3",  # AVX2: 8 floats, 16 registers (3x3 Gram tiles)
+             "-O3 -march=x86-64"]     # SSE2: 4 floats
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flags")
+@pytest.mark.parametrize("flags", ISA_FLAGS)
+def test_every_vector_width_build_is_correct(flags, tmp_path):
+    """The kernels built for narrower vector units (other tile sizes, no AVX-512 intrinsics)
+    give the same results as float64 torch."""
+    code = """
+import torch
+from common import native, sortnet
+assert native.library() is not None
+g = torch.Generator().manual_seed(0)
+for n, d in [(1, 3), (5, 37), (11, 3001), (26, 5000)]:
+    x = torch.randn(n, d, generator=g)
+    x64 = x.double()
+    torch.testing.assert_close(native.gram(x), x64 @ x64.T, rtol=1e-6, atol=1e-6 * d)
+    w = torch.rand(n + 1, n, generator=g)
+    torch.testing.assert_close(native.mix(w, x).double(), w.double() @ x64, rtol=1e-5, atol=1e-5)
+    z = torch.randn(d, generator=g)
+    torch.testing.assert_close(native.sq_distances_to(x, z), (x64 - z.double()).square().sum(1),
+                               rtol=1e-6, atol=1e-9)
+    mu, var = native.mean_var(x)
+    torch.testing.assert_close(mu.double(), x64.mean(0), rtol=1e-6, atol=1e-6)
+    if n >= 3:
+        pos = ((n - 1) // 2,)  # torch.median: the lower middle value
+        out = native.network_reduce(x, sortnet.pruned_network(n, pos), pos, ("pick",))
+        assert torch.equal(out, x.median(0).values)
+print("ok")
+"""
+    env = {"BYZROBUST_CFLAGS": flags, "BYZROBUST_CACHE": str(tmp_path)}
+    proc = run_python("-c", code, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+    assert len(list(tmp_path.glob("kernels-*.so"))) == 1
+
+
+def test_no_compiler_warns_once_and_falls_back(tmp_path):
+    code = """
+import warnings
+import torch
+from common import native, rules
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    x = torch.randn(9, 5000)
+    assert rules.krum_scores(x, 2).shape == (9,)
+    rules.krum(x, 2)
+msgs = [str(w.message) for w in caught if "native kernels" in str(w.message)]
+assert len(msgs) == 1, msgs
+assert "no C compiler" in msgs[0] or "failed" in msgs[0], msgs[0]
+assert native.library() is None
+print("ok")
+"""
+    env = {"CC": "/nonexistent/cc", "BYZROBUST_CACHE": str(tmp_path)}
+    proc = run_python("-c", code, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_native_can_be_switched_off(tmp_path):
+    code = "from common import native; print(native.library() is None)"
+    proc = run_python("-c", code, env={"BYZROBUST_NATIVE": "0",
+                                       "BYZROBUST_CACHE": str(tmp_path)}, timeout=120)
+    assert proc.stdout.strip() == "True", proc.stderr
+    assert not list(tmp_path.glob("*.so"))
