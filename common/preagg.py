@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from common.errors import ConfigError, unknown_name
 from common import native
+from common.errors import ConfigError, unknown_name
 from common.finite import finite_rows
 from common.rules import pairwise_sq_distances
 

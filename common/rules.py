@@ -140,9 +140,9 @@ def pairwise_sq_distances(x: Tensor) -> Tensor:
     """Squared Euclidean distances between all rows of x, as an (n, n) float64 tensor.
 
     Formula: ``D_ij = max(0, ||x_i||^2 + ||x_j||^2 - 2 x_i . x_j)`` from the Gram matrix
-    ``G = x x^T`` (:func:`common.native.gram`: one product, accumulated in float32 within
-    column chunks and float64 across them on CPU; in x's dtype elsewhere, float32 for half
-    types).
+    ``G = x x^T`` (:func:`common.native.gram`: one product; for float32 on CPU accumulated in
+    float32 within column chunks and float64 across them, elsewhere in x's dtype, float32 for
+    half types).
 
     If the Gram matrix overflows (rows with huge finite entries), it is recomputed in float64,
     and if that overflows too, from direct differences (entries may become +inf, never NaN).
