@@ -7,6 +7,8 @@
  *   chunk of all n rows is loaded into L2 once (with the next chunk prefetched meanwhile) and
  *   4 x 4 row tiles of the upper triangle accumulate in registers: 10 ms.
  * sqdist_to_f32: ||x_i - z||^2 for every row in one pass (CClip, RFA).
+ * wsum_sqdist_f32: a weighted sum of the rows plus alpha v, and every row's distance to it, in
+ *   one pass (one CClip or Weiszfeld iteration).
  * mean_var_f32: column means and variances in one read (ALIE).
  * sortnet_f32: a pruned sorting network per column, on blocks held in L1 (coordinate-wise
  *   median, trimmed mean, Bulyan).
@@ -178,6 +180,59 @@ void sqdist_to_f32(const float *x, long n, long ld, const float *z, long k0, lon
                 for (long k = kv; k < ke; ++k) s += (double)(r[q][k] - z[k]) * (r[q][k] - z[k]);
                 out[i0 + q] += s;
             }
+        }
+    }
+}
+
+/* out[k] = sum_{i: w[i] != 0} w[i] x[i, k] + alpha v[k] for k in [k0, k1) (v unread when alpha
+ * is 0), and, if dist is not NULL, dist[i] += sum_k (x[i, k] - out[k])^2: one CClip or Weiszfeld
+ * step and the distances the next step needs, in one read of x from memory (each column of the
+ * new point depends on that column of x only). chunk: columns whose n rows stay in L2 between
+ * the two sweeps. Rows of zero weight are skipped, so an infinite entry there cannot make NaN. */
+void wsum_sqdist_f32(const float *x, long n, long ld, const float *w, float alpha, const float *v,
+                     long k0, long k1, long chunk, float *out, double *dist) {
+    for (long kc = k0; kc < k1; kc += chunk) {
+        long ke = kc + chunk < k1 ? kc + chunk : k1, kv = kc + (ke - kc) / W * W;
+        long next = ke + chunk < k1 ? ke + chunk : k1;
+        cursor pf = {x, ld, next > ke ? n : 0, 0, ke, ke, next}; /* the next chunk, into L2 */
+        memset(out + kc, 0, (size_t)(ke - kc) * sizeof(float));
+        /* eight rows at a time, added in row order in registers: out is read and written once
+         * per eight rows instead of once per row */
+        long i = 0;
+        while (i < n) {
+            const float *r[8];
+            float c[8];
+            int m = 0;
+            for (; i < n && m < 8; ++i)
+                if (w[i] != 0.0f) {
+                    r[m] = x + i * ld;
+                    c[m++] = w[i];
+                }
+            for (long k = kc; k < kv; k += W) {
+                vf t = load(out + k);
+                for (int q = 0; q < m; ++q) t += c[q] * load(r[q] + k);
+                store(out + k, t);
+                for (int q = 0; q < 4; ++q) prefetch_next(&pf);
+            }
+            for (long k = kv; k < ke; ++k)
+                for (int q = 0; q < m; ++q) out[k] += c[q] * r[q][k];
+        }
+        if (alpha != 0.0f) {
+            for (long k = kc; k < kv; k += W) store(out + k, load(out + k) + alpha * load(v + k));
+            for (long k = kv; k < ke; ++k) out[k] += alpha * v[k];
+        }
+        if (!dist) continue;
+        for (long i = 0; i < n; ++i) {
+            const float *xi = x + i * ld;
+            vf a0 = {0};
+            for (long k = kc; k < kv; k += W) {
+                vf t = load(xi + k) - load(out + k);
+                a0 += t * t;
+                prefetch_next(&pf);
+            }
+            double s = hsum(a0);
+            for (long k = kv; k < ke; ++k) s += (double)(xi[k] - out[k]) * (xi[k] - out[k]);
+            dist[i] += s;
         }
     }
 }

@@ -3,6 +3,7 @@
 - :func:`gram`: ``x x^T`` (distances for Krum, Multi-Krum, Bulyan, NNM);
 - :func:`mix`: ``w @ x`` for a small mixing matrix (NNM's averages);
 - :func:`sq_distances_to`: every row's squared distance to one point (CClip, RFA);
+- :func:`weighted_sum_and_sq_distances`: one CClip/Weiszfeld step and the next distances;
 - :func:`mean_var`: column means and variances (ALIE);
 - :func:`network_reduce`: a sorting network per column (median, trimmed mean, Bulyan).
 
@@ -41,7 +42,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["gram", "mix", "sq_distances_to", "mean_var", "network_reduce", "library", "SOURCE"]
+__all__ = ["gram", "mix", "sq_distances_to", "weighted_sum_and_sq_distances", "mean_var",
+           "network_reduce", "library", "SOURCE"]
 
 SOURCE = Path(__file__).with_name("kernels.c")
 DEFAULT_CFLAGS = "-O3 -march=native"
@@ -125,6 +127,9 @@ def _load() -> ctypes.CDLL | None:
     lib.mix_f32.restype = None
     lib.sqdist_to_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_ptr, _c_long, _c_long, _c_ptr]
     lib.sqdist_to_f32.restype = None
+    lib.wsum_sqdist_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_ptr, ctypes.c_float, _c_ptr,
+                                    _c_long, _c_long, _c_long, _c_ptr, _c_ptr]
+    lib.wsum_sqdist_f32.restype = None
     lib.mean_var_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_long, _c_long, _c_ptr, _c_ptr]
     lib.mean_var_f32.restype = None
     lib.sortnet_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_long, _c_long, _c_ptr, _c_long,
@@ -219,6 +224,30 @@ def sq_distances_to(x: Tensor, z: Tensor) -> Tensor:
                                                   s, e, p.data_ptr())
           for p, (s, e) in zip(parts, ranges)])
     return functools.reduce(torch.add, parts)
+
+
+def weighted_sum_and_sq_distances(w: Tensor, x: Tensor, v: Tensor, alpha: float,
+                                  distances: bool) -> tuple[Tensor, Tensor | None] | None:
+    """``out = sum_{i: w_i != 0} w_i x_i + alpha v`` and, if ``distances``, ``||x_i - out||^2``
+    for every row (float64), in one read of x by the native kernel; None where the kernel does
+    not apply (the caller then runs the two steps in torch)."""
+    lib = library() if _native_ok(x) and _native_ok(v[None]) else None
+    if lib is None:
+        return None
+    n, d = x.shape
+    w = w.to(torch.float32).contiguous()
+    out = torch.empty(d, dtype=x.dtype)
+    ranges = _ranges(n, d)
+    parts = [torch.zeros(n, dtype=torch.float64) for _ in ranges] if distances else None
+    # with distances, a chunk's rows stay in L2 for the second sweep; without, longer chunks
+    # give the rows' memory streams longer runs
+    budget = _L2_CHUNK_BYTES if distances else 16 * _L2_CHUNK_BYTES
+    chunk = max(_ALIGN, budget // (4 * n) // _ALIGN * _ALIGN)
+    _run([lambda j=j, s=s, e=e: lib.wsum_sqdist_f32(
+              x.data_ptr(), n, x.stride(0), w.data_ptr(), float(alpha), v.data_ptr(), s, e,
+              chunk, out.data_ptr(), parts[j].data_ptr() if parts else None)
+          for j, (s, e) in enumerate(ranges)])
+    return out, (functools.reduce(torch.add, parts) if parts else None)
 
 
 def mean_var(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -124,16 +124,36 @@ def _safe_norm(v: Tensor) -> Tensor:
 def _distances_to(x: Tensor, z: Tensor) -> Tensor:
     """||x_i - z|| for every row i, overflow-safe (a row with NaN is infinitely far).
 
-    Squared distances from :func:`common.native.sq_distances_to` (one pass over x on CPU);
-    rows whose result overflowed are recomputed with scaling.
+    Squared distances from :func:`common.native.sq_distances_to` (one pass over x on CPU).
     """
-    dist = native.sq_distances_to(x, z).sqrt_().to(x.dtype)
+    return _finish_distances(native.sq_distances_to(x, z), x, z)
+
+
+def _finish_distances(sq: Tensor, x: Tensor, z: Tensor) -> Tensor:
+    """Distances (x's dtype) from squared distances (float64): rows whose result overflowed
+    are recomputed with scaling, NaN becomes +inf."""
+    dist = sq.sqrt_().to(x.dtype)
     bad = ~torch.isfinite(dist)
     if bool(bad.any()):
         for i in torch.nonzero(bad).flatten().tolist():
             dist[i] = _safe_norm(x[i] - z)
         dist = torch.nan_to_num(dist, nan=math.inf)
     return dist
+
+
+def _step_and_distances(w: Tensor, x: Tensor, v: Tensor, alpha: float,
+                        distances: bool) -> tuple[Tensor, Tensor | None]:
+    """``out = sum_i w_i x_i + alpha v`` (rows of zero weight never enter) and, if
+    ``distances``, :func:`_distances_to` ``(x, out)``: one CClip or Weiszfeld iteration and the
+    distances of the next, in one pass over x where the native kernel runs (two elsewhere)."""
+    fused = native.weighted_sum_and_sq_distances(w, x, v, alpha, distances)
+    if fused is None:
+        out = _weighted_sum(w, x)
+        if alpha != 0.0:
+            out.add_(v, alpha=alpha)
+        return out, (_distances_to(x, out) if distances else None)
+    out, sq = fused
+    return out, (_finish_distances(sq, x, out) if distances else None)
 
 
 def pairwise_sq_distances(x: Tensor) -> Tensor:
@@ -376,21 +396,25 @@ def geometric_median(x: Tensor, iters: int = 8, nu: float = 0.1,
         raise ConfigError(f"rfa needs nu > 0, got nu={nu}")
     z = (torch.zeros(x.shape[1], dtype=x.dtype, device=x.device) if z0 is None
          else z0.to(device=x.device, dtype=x.dtype))
-    for _ in range(int(iters)):
-        w = 1.0 / _distances_to(x, z).double().clamp(min=float(nu))
-        z = _weighted_sum(w / w.sum(), x)
+    dist = _distances_to(x, z)
+    for t in range(int(iters)):
+        w = 1.0 / dist.double().clamp(min=float(nu))
+        z, dist = _step_and_distances(w / w.sum(), x, z, 0.0, t + 1 < int(iters))
     return z
 
 
-def _cclip_step(x: Tensor, v: Tensor, tau: float) -> tuple[Tensor, int]:
+def _centered_clip(x: Tensor, v: Tensor, tau: float, iters: int) -> tuple[Tensor, int]:
+    """The CClip iterations from center v; also returns how many rows the last one clipped."""
     n = x.shape[0]
-    dist = _distances_to(x, v).double()
-    scale = torch.clamp(tau / dist, max=1.0)  # dist = 0 -> inf -> 1
-    clipped = int((scale < 1.0).sum())
-    # v + (1/n) sum_i scale_i (x_i - v) = v (1 - sum(scale)/n) + (1/n) sum_i scale_i x_i
-    out = _weighted_sum(scale / n, x)
-    out.add_(v, alpha=float(1.0 - scale.sum() / n))
-    return out, clipped
+    dist = _distances_to(x, v)
+    clipped = 0
+    for t in range(iters):
+        scale = torch.clamp(tau / dist.double(), max=1.0)  # dist = 0 -> inf -> 1
+        clipped = int((scale < 1.0).sum())
+        # v + (1/n) sum_i scale_i (x_i - v) = v (1 - sum(scale)/n) + (1/n) sum_i scale_i x_i
+        v, dist = _step_and_distances(scale / n, x, v, float(1.0 - scale.sum() / n),
+                                      t + 1 < iters)
+    return v, clipped
 
 
 def centered_clip(x: Tensor, center: Tensor, tau: float = 10.0, iters: int = 3) -> Tensor:
@@ -411,9 +435,7 @@ def centered_clip(x: Tensor, center: Tensor, tau: float = 10.0, iters: int = 3) 
     v = center.to(device=x.device, dtype=x.dtype)
     if v.shape != (x.shape[1],):
         raise ValueError(f"cclip center has shape {tuple(v.shape)}, expected ({x.shape[1]},)")
-    for _ in range(int(iters)):
-        v, _ = _cclip_step(x, v, float(tau))
-    return v
+    return _centered_clip(x, v, float(tau), int(iters))[0]
 
 
 def bulyan_select(x: Tensor, f: int) -> Tensor:
@@ -728,9 +750,7 @@ class CClip(Rule):
                 raise ValueError(f"cclip center has shape {tuple(self.center.shape)}, "
                                  f"the messages have d={d}")
             v = self.center.to(device=x.device, dtype=x.dtype)
-        clipped = 0
-        for _ in range(self.params["iters"]):
-            v, clipped = _cclip_step(x, v, self.params["tau"])
+        v, clipped = _centered_clip(x, v, self.params["tau"], self.params["iters"])
         self.center = v.clone()
         self.info = {"clipped": clipped, "norm": float(torch.linalg.vector_norm(v))}
         return v

@@ -81,6 +81,24 @@ def test_sq_distances_to_matches_float64(n, d, threads, monkeypatch):
 
 
 @pytest.mark.parametrize("n,d", SHAPES)
+@pytest.mark.parametrize("alpha", [0.0, 0.25])
+def test_weighted_sum_and_distances_match_float64(n, d, alpha, threads, monkeypatch):
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1)
+    x, v = _strided(n, d), torch.randn(d)
+    w = torch.rand(n, generator=torch.Generator().manual_seed(2))
+    w[0] = 0.0
+    x[0, 0] = float("inf")  # a zero-weight row never enters the sum: no 0 * inf
+    out, sq = native.weighted_sum_and_sq_distances(w, x, v, alpha, True)
+    x64 = x.double()
+    ref = (w.double()[1:, None] * x64[1:]).sum(0) + alpha * v.double()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    ref_sq = (x64 - out.double()).square().sum(1)
+    torch.testing.assert_close(sq[1:], ref_sq[1:], rtol=1e-6, atol=1e-9)
+    assert sq[0] == float("inf")
+    assert native.weighted_sum_and_sq_distances(w, x, v, alpha, False)[1] is None
+
+
+@pytest.mark.parametrize("n,d", SHAPES)
 def test_mean_var_matches_torch(n, d, threads, monkeypatch):
     monkeypatch.setattr(native, "_MIN_SPLIT", 1)
     x = _strided(n, d) * 3 + 5
@@ -153,13 +171,15 @@ def test_network_declines_what_it_cannot_hold():
 
 
 def test_rules_on_the_kernels_equal_rules_on_torch(monkeypatch):
-    """Krum's choice, NNM, CClip and ALIE: same results with and without the kernels."""
+    """Krum's choice, NNM, CClip (clipping and not), RFA, ALIE, the median: same results with
+    and without the kernels."""
     from common import attacks, preagg
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(15, 30000, generator=g)
     x[:3] += 4.0  # three outliers
     run = lambda: (rules.krum(x, 3), preagg.nnm(x, 3), rules.centered_clip(x, torch.zeros(30000)),  # noqa: E731
+                   rules.centered_clip(x, x[5], tau=0.5), rules.geometric_median(x),
                    attacks.alie_vector(x, 1.5), rules.coordinate_median(x))
     fast = run()
     monkeypatch.setitem(native._state, "lib", None)
@@ -190,6 +210,10 @@ for n, d in [(1, 3), (5, 37), (11, 3001), (26, 5000)]:
     z = torch.randn(d, generator=g)
     torch.testing.assert_close(native.sq_distances_to(x, z), (x64 - z.double()).square().sum(1),
                                rtol=1e-6, atol=1e-9)
+    out, sq = native.weighted_sum_and_sq_distances(w[0], x, z, 0.5, True)
+    ref = (w[0].double()[:, None] * x64).sum(0) + 0.5 * z.double()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sq, (x64 - out.double()).square().sum(1), rtol=1e-6, atol=1e-9)
     mu, var = native.mean_var(x)
     torch.testing.assert_close(mu.double(), x64.mean(0), rtol=1e-6, atol=1e-6)
     if n >= 3:
