@@ -17,7 +17,8 @@ the Gram matrix 32 -> 10 ms, the mixing product 26 -> 17 ms, the distances to a 
 The C file is compiled on first use with ``$CC`` (else ``cc``, ``gcc`` or ``clang``) and
 ``-O3 -march=native`` (about 1 s) into a cache directory, one library per source, compiler,
 flags and CPU, so a home directory shared by a heterogeneous cluster holds one build per kind
-of node. If that fails, one warning says why and torch runs instead. The work is split over
+of node (if that directory is not writable, the temporary directory). If building fails, one
+warning says why and torch runs instead. The work is split over
 ``torch.get_num_threads()`` threads by column ranges (ctypes releases the GIL).
 
 Environment: ``BYZROBUST_NATIVE=0`` turns the kernels off; ``BYZROBUST_CFLAGS`` replaces the
@@ -92,24 +93,32 @@ def _cpu_key() -> str:
 def _build(cc: str, flags: list[str]) -> Path:
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), cc.encode(), " ".join(flags).encode(),
                                      platform.machine().encode(), _cpu_key().encode()]))
-    target = _cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
-    if target.exists():
+    name = f"kernels-{key.hexdigest()[:16]}.so"
+    uid = getattr(os, "getuid", lambda: 0)()
+    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"byzrobust-{uid}"):
+        target = folder / name
+        if target.exists():
+            return target
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # build beside the target and rename: concurrent processes (MPI ranks, test
+            # workers) never load a half-written library
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+        except OSError:  # not writable: try the next folder
+            continue
+        os.close(fd)
+        try:
+            proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
+                                  capture_output=True, text=True, timeout=120)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[:500]}")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # build beside the target and rename: concurrent processes (MPI ranks, test workers) never
-    # load a half-written library
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
-                              capture_output=True, text=True, timeout=120)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[:500]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    raise RuntimeError(f"no writable cache directory (tried {_cache_dir()} and the temporary "
+                       "directory; set BYZROBUST_CACHE)")
 
 
 def _load() -> ctypes.CDLL | None:
@@ -226,11 +235,17 @@ def sq_distances_to(x: Tensor, z: Tensor) -> Tensor:
     return functools.reduce(torch.add, parts)
 
 
-def weighted_sum_and_sq_distances(w: Tensor, x: Tensor, v: Tensor, alpha: float,
-                                  distances: bool) -> tuple[Tensor, Tensor | None] | None:
-    """``out = sum_{i: w_i != 0} w_i x_i + alpha v`` and, if ``distances``, ``||x_i - out||^2``
-    for every row (float64), in one read of x by the native kernel; None where the kernel does
-    not apply (the caller then runs the two steps in torch)."""
+def weighted_sum_and_sq_distances(w: Tensor, x: Tensor, v: Tensor | None = None,
+                                  alpha: float = 0.0, distances: bool = False
+                                  ) -> tuple[Tensor, Tensor | None] | None:
+    """``out = sum_{i: w_i != 0} w_i x_i + alpha v`` (v may be None when alpha is 0) and, if
+    ``distances``, ``||x_i - out||^2`` for every row (float64), in one read of the rows of
+    nonzero weight by the native kernel; None where the kernel does not apply (the caller then
+    runs the steps in torch)."""
+    if v is None:
+        if alpha != 0.0:
+            raise ValueError("alpha != 0 needs v")
+        v = x[0]  # never read
     lib = library() if _native_ok(x) and _native_ok(v[None]) else None
     if lib is None:
         return None

@@ -90,11 +90,15 @@ def _check_matrix(x: Tensor) -> None:
 
 
 def _weighted_sum(w: Tensor, x: Tensor) -> Tensor:
-    """sum_i w_i x_i as one matrix-vector product.
+    """sum_i w_i x_i over the rows of nonzero weight.
 
-    If the product is not finite (a zero weight times an infinite entry gives NaN), it is
-    recomputed over the rows with nonzero weight only.
+    On CPU float32 one pass of the native kernel over those rows only; elsewhere one
+    matrix-vector product, recomputed over the rows with nonzero weight only if it is not
+    finite (a zero weight times an infinite entry gives NaN).
     """
+    fused = native.weighted_sum_and_sq_distances(w, x)
+    if fused is not None:
+        return fused[0]
     w = w.to(device=x.device, dtype=x.dtype)
     out = w @ x
     if not all_finite(out):

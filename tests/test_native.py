@@ -257,3 +257,10 @@ def test_native_can_be_switched_off(tmp_path):
                                        "BYZROBUST_CACHE": str(tmp_path)}, timeout=120)
     assert proc.stdout.strip() == "True", proc.stderr
     assert not list(tmp_path.glob("*.so"))
+
+
+def test_an_unwritable_cache_falls_back_to_the_temporary_directory():
+    code = "from common import native; print(native.library() is not None)"
+    proc = run_python("-c", code, env={"BYZROBUST_CACHE": "/dev/null/cache"}, timeout=120)
+    assert proc.stdout.strip() == "True", proc.stderr
+    assert "native kernels unavailable" not in proc.stderr
