@@ -178,9 +178,12 @@ def test_rules_on_the_kernels_equal_rules_on_torch(monkeypatch):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(15, 30000, generator=g)
     x[:3] += 4.0  # three outliers
-    run = lambda: (rules.krum(x, 3), preagg.nnm(x, 3), rules.centered_clip(x, torch.zeros(30000)),  # noqa: E731
-                   rules.centered_clip(x, x[5], tau=0.5), rules.geometric_median(x),
-                   attacks.alie_vector(x, 1.5), rules.coordinate_median(x))
+
+    def run():
+        return (rules.krum(x, 3), preagg.nnm(x, 3), rules.centered_clip(x, torch.zeros(30000)),
+                rules.centered_clip(x, x[5], tau=0.5), rules.geometric_median(x),
+                attacks.alie_vector(x, 1.5), rules.coordinate_median(x))
+
     fast = run()
     monkeypatch.setitem(native._state, "lib", None)
     for a, b in zip(fast, run()):
