@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common.startup  # noqa: E402,F401  (before torch)
 import torch  # noqa: E402
 
-from common import preagg, rules, sortnet  # noqa: E402
+from common import native, preagg, rules, sortnet  # noqa: E402
 
 DEFAULT_SIZES = ((10, 2_000_000), (25, 1_000_000), (100, 100_000))
 
@@ -139,7 +139,9 @@ def run(sizes, reps: int, byz_reps: int, skip_byzfl: bool) -> None:
             version = _v("byzfl")
     except ImportError:
         have_byzfl, version = False, None
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); ByzFL: "
+    kernels = "on" if native.library() is not None else "off (BYZROBUST_NATIVE=0 or no compiler)"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); native kernels: "
+          f"{kernels}; ByzFL: "
           f"{version if have_byzfl else 'not installed (pip install -r bench/requirements.txt)'}")
     for n, d in sizes:
         f = f_for(n)
