@@ -5,6 +5,7 @@
 - :func:`sq_distances_to`: every row's squared distance to one point (CClip, RFA);
 - :func:`weighted_sum_and_sq_distances`: one CClip/Weiszfeld step and the next distances;
 - :func:`mean_var`: column means and variances (ALIE);
+- :func:`group_means`: means of groups of rows (bucketing, resampling);
 - :func:`network_reduce`: a sorting network per column (median, trimmed mean, Bulyan).
 
 They run the C kernels of ``common/kernels.c`` for float32 CPU tensors whose rows are
@@ -44,7 +45,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["gram", "mix", "sq_distances_to", "weighted_sum_and_sq_distances", "mean_var",
-           "network_reduce", "library", "SOURCE"]
+           "group_means", "network_reduce", "library", "SOURCE"]
 
 SOURCE = Path(__file__).with_name("kernels.c")
 DEFAULT_CFLAGS = "-O3 -march=native"
@@ -139,6 +140,9 @@ def _load() -> ctypes.CDLL | None:
     lib.wsum_sqdist_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_ptr, ctypes.c_float, _c_ptr,
                                     _c_long, _c_long, _c_long, _c_ptr, _c_ptr]
     lib.wsum_sqdist_f32.restype = None
+    lib.group_mean_f32.argtypes = [_c_ptr, _c_long, _c_ptr, _c_ptr, _c_long, _c_long, _c_long,
+                                   _c_ptr, _c_long, ctypes.c_int]
+    lib.group_mean_f32.restype = None
     lib.mean_var_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_long, _c_long, _c_ptr, _c_ptr]
     lib.mean_var_f32.restype = None
     lib.sortnet_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_long, _c_long, _c_ptr, _c_long,
@@ -263,6 +267,26 @@ def weighted_sum_and_sq_distances(w: Tensor, x: Tensor, v: Tensor | None = None,
               chunk, out.data_ptr(), parts[j].data_ptr() if parts else None)
           for j, (s, e) in enumerate(ranges)])
     return out, (functools.reduce(torch.add, parts) if parts else None)
+
+
+def group_means(x: Tensor, groups: list[list[int]]) -> Tensor | None:
+    """Row r = the mean of the rows ``groups[r]`` of x (summed in the listed order, then divided
+    by the count: the same float32 result as torch's add-then-divide) by the native kernel, in
+    one pass; None where the kernel does not apply."""
+    lib = library() if _native_ok(x) else None
+    if lib is None:
+        return None
+    d = x.shape[1]
+    idx = torch.tensor([j for g in groups for j in g], dtype=torch.int32)
+    start = torch.tensor([0] + [len(g) for g in groups], dtype=torch.int32).cumsum(0,
+                                                                                 dtype=torch.int32)
+    out = torch.empty(len(groups), d, dtype=x.dtype)
+    stream = int(out.numel() * out.element_size() > _STREAM_BYTES)
+    _run([lambda s=s, e=e: lib.group_mean_f32(x.data_ptr(), x.stride(0), idx.data_ptr(),
+                                              start.data_ptr(), len(groups), s, e,
+                                              out.data_ptr(), d, stream)
+          for s, e in _ranges(x.shape[0], d)])
+    return out
 
 
 def mean_var(x: Tensor) -> tuple[Tensor, Tensor]:

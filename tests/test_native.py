@@ -108,6 +108,23 @@ def test_mean_var_matches_torch(n, d, threads, monkeypatch):
     torch.testing.assert_close(var.double(), ref_var, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("d", [1, 17, 5000, 210000])  # the last: streaming stores (> 16 MiB)
+def test_group_means_equal_torch_add_then_divide(d, threads, monkeypatch):
+    from common import preagg
+
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1)
+    x = _strided(7, d) if d != 210000 else torch.randn(30, d)
+    x[2, 0] = float("nan")  # spoils only the groups holding row 2
+    groups = [[3], [0, 1], [2, 4, 5], [6, 0], [1, 2]]
+    out = native.group_means(x, groups)
+    with monkeypatch.context() as m:
+        m.setitem(native._state, "lib", None)
+        ref = preagg._group_means(x, groups)
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out.nan_to_num(), ref.nan_to_num())
+    assert out[2, 0].isnan() and out[4, 0].isnan() and not out[[0, 1, 3], 0].isnan().any()
+
+
 @pytest.mark.parametrize("n,d", SHAPES)
 def test_fallbacks_agree_with_the_kernels(n, d, monkeypatch):
     x, z = _strided(n, d), torch.randn(d)
@@ -219,6 +236,12 @@ for n, d in [(1, 3), (5, 37), (11, 3001), (26, 5000)]:
     torch.testing.assert_close(sq, (x64 - out.double()).square().sum(1), rtol=1e-6, atol=1e-9)
     mu, var = native.mean_var(x)
     torch.testing.assert_close(mu.double(), x64.mean(0), rtol=1e-6, atol=1e-6)
+    if n > 1:
+        torch.testing.assert_close(var.double(), x64.var(0), rtol=1e-5, atol=1e-5)
+    groups = [list(range(n)), [n - 1], [0, n - 1]]
+    means = native.group_means(x, groups)
+    torch.testing.assert_close(means.double(), torch.stack([x64[g].mean(0) for g in groups]),
+                               rtol=1e-5, atol=1e-6)
     if n >= 3:
         pos = ((n - 1) // 2,)  # torch.median: the lower middle value
         out = native.network_reduce(x, sortnet.pruned_network(n, pos), pos, ("pick",))
