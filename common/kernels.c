@@ -1,4 +1,5 @@
-/* CPU kernels for the distance-based rules, where torch's generic kernels are slow.
+/* CPU kernels for the robust rules, pre-aggregators and attack statistics, where torch's generic
+ * kernels are slow on an (n, d) stack with n << d.
  *
  * gram_f32: G += X X^T over a column range (Krum, Multi-Krum, Bulyan and NNM's distances).
  *   MKL treats the (n, d) x (d, n) product with n << d as a general GEMM: it packs both
@@ -18,8 +19,9 @@
  *
  * Portable C with GCC/Clang vector extensions: the vector width and tile sizes follow the
  * target (AVX-512: 16 floats and 32 registers; AVX/AVX2: 8 and 16; otherwise 4 floats, e.g.
- * SSE or NEON). Compiled on first use by common/native.py with -O3 -march=native.
- * Accumulation is in float32 vectors within a column chunk and in float64 across chunks.
+ * SSE or NEON). Compiled on first use by common/native.py with -O3 -march=native. Sums over
+ * columns (dot products, distances) accumulate in float32 vectors within a column chunk and in
+ * float64 across chunks; sums over rows run in row order, like the torch code they replace.
  */
 #include <stdint.h>
 #include <string.h>
