@@ -55,7 +55,17 @@ _ALIGN = 64                   # thread column boundaries, in floats (whole vecto
 _STREAM_BYTES = 16 << 20      # outputs above this bypass the cache (they cannot stay in it)
 _MM_CHUNK = 16384             # columns per torch.mm on CPU when the kernel is not used
 
-_c_long, _c_ptr = ctypes.c_long, ctypes.c_void_p
+_P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
+# argument and result types of the functions of kernels.c
+_SIGNATURES = {
+    "gram_f32": ((_P, _L, _L, _L, _L, _L, _P), None),
+    "mix_f32": ((_P, _L, _L, _P, _L, _L, _L, _P, _L, _I), None),
+    "sqdist_to_f32": ((_P, _L, _L, _P, _L, _L, _P), None),
+    "wsum_sqdist_f32": ((_P, _L, _L, _P, _F, _P, _L, _L, _L, _P, _P), None),
+    "group_mean_f32": ((_P, _L, _P, _P, _L, _L, _L, _P, _L, _I), None),
+    "mean_var_f32": ((_P, _L, _L, _L, _L, _P, _P), None),
+    "sortnet_f32": ((_P, _L, _L, _L, _L, _P, _L, _P, _L, _I, _L, _P), _I),
+}
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 # a forked child has the pool object but not its threads: it starts its own
@@ -130,24 +140,9 @@ def _load() -> ctypes.CDLL | None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     flags = os.environ.get("BYZROBUST_CFLAGS", DEFAULT_CFLAGS).split()
     lib = ctypes.CDLL(str(_build(cc, flags)))
-    lib.gram_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_long, _c_long, _c_long, _c_ptr]
-    lib.gram_f32.restype = None
-    lib.mix_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_ptr, _c_long, _c_long, _c_long,
-                            _c_ptr, _c_long, ctypes.c_int]
-    lib.mix_f32.restype = None
-    lib.sqdist_to_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_ptr, _c_long, _c_long, _c_ptr]
-    lib.sqdist_to_f32.restype = None
-    lib.wsum_sqdist_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_ptr, ctypes.c_float, _c_ptr,
-                                    _c_long, _c_long, _c_long, _c_ptr, _c_ptr]
-    lib.wsum_sqdist_f32.restype = None
-    lib.group_mean_f32.argtypes = [_c_ptr, _c_long, _c_ptr, _c_ptr, _c_long, _c_long, _c_long,
-                                   _c_ptr, _c_long, ctypes.c_int]
-    lib.group_mean_f32.restype = None
-    lib.mean_var_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_long, _c_long, _c_ptr, _c_ptr]
-    lib.mean_var_f32.restype = None
-    lib.sortnet_f32.argtypes = [_c_ptr, _c_long, _c_long, _c_long, _c_long, _c_ptr, _c_long,
-                                _c_ptr, _c_long, ctypes.c_int, _c_long, _c_ptr]
-    lib.sortnet_f32.restype = ctypes.c_int
+    for name, (args, result) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, result
     return lib
 
 
