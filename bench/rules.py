@@ -140,9 +140,14 @@ def run(sizes, reps: int, byz_reps: int, skip_byzfl: bool) -> None:
     except ImportError:
         have_byzfl, version = False, None
     kernels = "on" if native.library() is not None else "off (BYZROBUST_NATIVE=0 or no compiler)"
+    if have_byzfl:
+        byzfl_state = version
+    elif version is not None:
+        byzfl_state = f"{version}, not run (--no-byzfl)"
+    else:
+        byzfl_state = "not installed (pip install -r bench/requirements.txt)"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); native kernels: "
-          f"{kernels}; ByzFL: "
-          f"{version if have_byzfl else 'not installed (pip install -r bench/requirements.txt)'}")
+          f"{kernels}; ByzFL: {byzfl_state}")
     for n, d in sizes:
         f = f_for(n)
         x = make_stack(n, d, f)
