@@ -1,4 +1,5 @@
-"""Native CPU kernels for the robust rules' heaviest steps, with torch fallbacks.
+"""Native CPU kernels for the heaviest steps of the rules, pre-aggregators and attacks, with torch
+fallbacks.
 
 - :func:`gram`: ``x x^T`` (distances for Krum, Multi-Krum, Bulyan, NNM);
 - :func:`mix`: ``w @ x`` for a small mixing matrix (NNM's averages);
@@ -13,7 +14,8 @@ contiguous, and torch everywhere else (CUDA, other dtypes, machines without a C 
 torch's generic kernels run these shapes (n << d) far below what the CPU can do; measured at
 (25, 1e6) on one thread of the project machine (``python bench/rules.py``), before -> after:
 the Gram matrix 32 -> 10 ms, the mixing product 26 -> 17 ms, the distances to a point
-8 -> 3.6 ms, the sorting network for the median 45 -> 15 ms (a memory pass: 4 ms).
+8 -> 3.6 ms, the sorting network for the median 45 -> 15 ms (a memory pass: 4 ms); every rule
+before and after in bench/README.md.
 
 The C file is compiled on first use with ``$CC`` (else ``cc``, ``gcc`` or ``clang``) and
 ``-O3 -march=native`` (about 1 s) into a cache directory, one library per source, compiler,
