@@ -261,6 +261,10 @@ class Attack:
 
     name: ClassVar[str] = "none"
     omniscient: ClassVar[bool] = False
+    # Whether craft reads the values of ``own`` (not only its shape). When it does not and the
+    # Byzantine workers never turn honest, their honest gradients are not computed at all
+    # (worker/group.py: WorkerGroup._rows_to_compute).
+    reads_own: ClassVar[bool] = True
     # Rows drawn at random: the worker calls craft once per Byzantine worker with a generator
     # keyed by the worker's index, so messages do not depend on how workers are grouped.
     per_worker_random: ClassVar[bool] = False
@@ -384,6 +388,7 @@ class Gaussian(Attack):
     """
 
     name = "gaussian"
+    reads_own = False
     per_worker_random = True
     defaults = {"std": 200.0}
 
@@ -405,6 +410,7 @@ class NormalizedMean(Attack):
     """
 
     name = "nm"
+    reads_own = False
     omniscient = True
 
     def _craft(self, inp: AttackInput, own: Tensor) -> Tensor:
@@ -425,6 +431,7 @@ class ALIE(Attack):
     """
 
     name = "alie"
+    reads_own = False
     omniscient = True
     defaults = {"z": None}
 
@@ -449,6 +456,7 @@ class IPM(Attack):
     """
 
     name = "ipm"
+    reads_own = False
     omniscient = True
     defaults = {"eps": 0.1}
 
@@ -484,6 +492,7 @@ class Mimic(Attack):
     """
 
     name = "mimic"
+    reads_own = False
     omniscient = True
     defaults = {"warmup": 1, "power_steps": 3}
 

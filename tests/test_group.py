@@ -145,3 +145,37 @@ def test_linear_layers_names_every_parameter_of_a_linear_model_only():
         if expect:
             assert list(layers) == problem.flat.names
             assert {kind for _, kind in layers.values()} == {"weight", "bias"}
+
+
+@pytest.mark.parametrize("attack,schedule,skipped", [
+    ("ipm", "fixed", True),        # never reads its own message, never honest: not computed
+    ("ipm", "markov", False),      # may turn honest later: its momentum must be kept up to date
+    ("signflip", "fixed", False),  # reads its own momentum
+])
+def test_byzantine_gradients_are_skipped_only_when_nothing_reads_them(attack, schedule, skipped):
+    """Under a fixed schedule an attack that ignores ``own`` (IPM, ALIE, mimic, ...) leaves the
+    Byzantine workers' gradients uncomputed; the honest rows, and hence the messages the server
+    sees, are the same as when every worker computes."""
+    base = dict(model="softmax", num_workers=5, num_byzantine=2, attack=attack, agg="mean",
+                pre="none", momentum=0.9, batch_size=8, byz_schedule=schedule)
+    problem = build_problem(Config(**base))
+    group, full = make_group(Config(**base), problem, range(5)), make_group(Config(**base),
+                                                                           problem, range(5))
+    full.attack.reads_own = True  # the reference computes every row
+    byz = torch.tensor([False, False, False, True, True])
+    honest = torch.zeros(5, dtype=torch.bool)
+    p = problem.init_params.clone()
+    for t in range(2):
+        m = group.compute(p, t, byz).clone()
+        ref = full.compute(p, t, byz).clone()
+        torch.testing.assert_close(m[:3], ref[:3], rtol=1e-5, atol=1e-6)
+        assert group.losses[3:].isnan().all() == skipped
+        torch.testing.assert_close(group.losses[:3], full.losses[:3], rtol=1e-5, atol=1e-6)
+    momenta = group.state_dict()["momenta"]
+    assert bool((momenta[3:] == 0).all()) == skipped
+    torch.testing.assert_close(momenta[:3], full.state_dict()["momenta"][:3], rtol=1e-5, atol=1e-6)
+    # the honest-only reference: with nobody Byzantine the first rows are the same again
+    clean = make_group(Config(**base), problem, range(5))
+    for t in range(2):
+        clean.compute(p, t, honest)
+    torch.testing.assert_close(clean.momenta[:3], momenta[:3], rtol=1e-5, atol=1e-6)

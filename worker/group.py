@@ -12,6 +12,8 @@ message does not depend on which group hosts it: one process and many ranks agre
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -163,8 +165,13 @@ class WorkerGroup:
         """
         self._restore_lent()
         x, y = self.round_batches(t, byz)
-        self._grads_into(params, x, y, self.momenta, self.cfg.momentum,
-                         ema=self.cfg.momentum_style == "ema")
+        h = self._rows_to_compute(byz)
+        losses = torch.full((self.k - h,), math.nan)  # the skipped workers have no loss
+        if h > 0:
+            self._grads_into(params, x[:h], y[:h], self.momenta[:h], self.cfg.momentum,
+                             ema=self.cfg.momentum_style == "ema")
+            losses = torch.cat([self.losses, losses])
+        self.losses = losses
         rows = byz.nonzero().flatten()
         if self.cfg.agg == "nmedian":
             msgs = self.momenta.clone()
@@ -176,6 +183,18 @@ class WorkerGroup:
         if len(rows) and not self.attack.omniscient:
             put_rows(msgs, rows, self.craft(take_rows(msgs, rows), None, t, rows))
         return msgs
+
+    def _rows_to_compute(self, byz: Tensor) -> int:
+        """How many leading rows need their honest gradient this round: all k, except when the
+        Byzantine workers stay Byzantine for the whole run (``--byz-schedule fixed``: they are
+        the last rows) and their attack never reads their own message (``Attack.reads_own``,
+        e.g. ALIE, IPM, mimic): then only the honest prefix. The skipped workers' momenta stay
+        zero, in main.py and under MPI alike; the server sees the same messages."""
+        h = int((~byz).sum())
+        if (h == self.k or self.attack.reads_own or self.cfg.byz_schedule != "fixed"
+                or bool(byz[:h].any())):
+            return self.k
+        return h
 
     def _restore_lent(self) -> None:
         """Put back the Byzantine workers' momenta that the last messages lent out."""
