@@ -154,8 +154,8 @@ class WorkerGroup:
 
         Honest rows are the workers' momenta (plus upload noise under ``nmedian``). Byzantine rows
         are already attacked for attacks that need only their own data; for omniscient attacks
-        they hold the worker's own momentum and :meth:`craft` replaces them once the honest
-        messages of the round are known.
+        they hold the worker's own momentum (zero where :meth:`_rows_to_compute` skipped it) and
+        :meth:`craft` replaces them once the honest messages of the round are known.
 
         The returned tensor *is* the momentum buffer (no (k, d) copy: at ResNet-18 size with
         n = 100 that copy is 4 GiB). Callers may overwrite the Byzantine rows in place (attacks),
