@@ -42,6 +42,7 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -189,6 +190,23 @@ def _run(jobs: list) -> None:
         fut.result()
 
 
+def _over_columns(n: int, d: int, call: Callable[[int, int, int | None], None],
+                  sums: tuple[int, ...] | None = None) -> Tensor | None:
+    """Run ``call(start, stop, acc)`` on each thread's column range [start, stop) of an (n, d)
+    input. With ``sums``, each call adds into its own zeroed float64 tensor of that shape
+    (``acc`` is its address) and their sum is returned; otherwise ``acc`` is None."""
+    ranges = _ranges(n, d)
+    parts = [torch.zeros(sums, dtype=torch.float64) for _ in ranges] if sums else []
+    _run([functools.partial(call, s, e, parts[j].data_ptr() if parts else None)
+          for j, (s, e) in enumerate(ranges)])
+    return functools.reduce(torch.add, parts) if parts else None
+
+
+def _chunk(n: int, budget: int) -> int:
+    """Columns per chunk such that a chunk of all n float32 rows takes ``budget`` bytes."""
+    return max(_ALIGN, budget // (4 * n) // _ALIGN * _ALIGN)
+
+
 def gram(x: Tensor) -> Tensor:
     """``x x^T`` for an (n, d) tensor, as a symmetric (n, n) float64 tensor.
 
@@ -201,13 +219,9 @@ def gram(x: Tensor) -> Tensor:
         xc = x if x.dtype in (torch.float32, torch.float64) else x.float()
         return (xc @ xc.T).double()
     n, d = x.shape
-    chunk = max(_ALIGN, _L2_CHUNK_BYTES // (4 * n) // _ALIGN * _ALIGN)
-    ranges = _ranges(n, d)
-    parts = [torch.zeros(n, n, dtype=torch.float64) for _ in ranges]
-    _run([lambda p=p, s=s, e=e: lib.gram_f32(x.data_ptr(), n, x.stride(0), s, e, chunk,
-                                             p.data_ptr())
-          for p, (s, e) in zip(parts, ranges)])
-    g = functools.reduce(torch.add, parts)
+    chunk = _chunk(n, _L2_CHUNK_BYTES)
+    g = _over_columns(n, d, lambda s, e, acc: lib.gram_f32(x.data_ptr(), n, x.stride(0), s, e,
+                                                           chunk, acc), sums=(n, n))
     upper = torch.triu(g)
     return upper + torch.triu(g, diagonal=1).T
 
@@ -228,12 +242,8 @@ def sq_distances_to(x: Tensor, z: Tensor) -> Tensor:
             torch.sub(x[i], z, out=buf)
             out[i] = torch.linalg.vector_norm(buf).double().square()
         return out
-    ranges = _ranges(n, d)
-    parts = [torch.zeros(n, dtype=torch.float64) for _ in ranges]
-    _run([lambda p=p, s=s, e=e: lib.sqdist_to_f32(x.data_ptr(), n, x.stride(0), z.data_ptr(),
-                                                  s, e, p.data_ptr())
-          for p, (s, e) in zip(parts, ranges)])
-    return functools.reduce(torch.add, parts)
+    return _over_columns(n, d, lambda s, e, acc: lib.sqdist_to_f32(
+        x.data_ptr(), n, x.stride(0), z.data_ptr(), s, e, acc), sums=(n,))
 
 
 def weighted_sum_and_sq_distances(w: Tensor, x: Tensor, v: Tensor | None = None,
@@ -253,17 +263,13 @@ def weighted_sum_and_sq_distances(w: Tensor, x: Tensor, v: Tensor | None = None,
     n, d = x.shape
     w = w.to(torch.float32).contiguous()
     out = torch.empty(d, dtype=x.dtype)
-    ranges = _ranges(n, d)
-    parts = [torch.zeros(n, dtype=torch.float64) for _ in ranges] if distances else None
     # with distances, a chunk's rows stay in L2 for the second sweep; without, longer chunks
     # give the rows' memory streams longer runs
-    budget = _L2_CHUNK_BYTES if distances else 16 * _L2_CHUNK_BYTES
-    chunk = max(_ALIGN, budget // (4 * n) // _ALIGN * _ALIGN)
-    _run([lambda j=j, s=s, e=e: lib.wsum_sqdist_f32(
-              x.data_ptr(), n, x.stride(0), w.data_ptr(), float(alpha), v.data_ptr(), s, e,
-              chunk, out.data_ptr(), parts[j].data_ptr() if parts else None)
-          for j, (s, e) in enumerate(ranges)])
-    return out, (functools.reduce(torch.add, parts) if parts else None)
+    chunk = _chunk(n, _L2_CHUNK_BYTES if distances else 16 * _L2_CHUNK_BYTES)
+    sq = _over_columns(n, d, lambda s, e, acc: lib.wsum_sqdist_f32(
+        x.data_ptr(), n, x.stride(0), w.data_ptr(), float(alpha), v.data_ptr(), s, e, chunk,
+        out.data_ptr(), acc), sums=(n,) if distances else None)
+    return out, sq
 
 
 def group_means(x: Tensor, groups: list[list[int]]) -> Tensor | None:
@@ -279,10 +285,9 @@ def group_means(x: Tensor, groups: list[list[int]]) -> Tensor | None:
                                                                                  dtype=torch.int32)
     out = torch.empty(len(groups), d, dtype=x.dtype)
     stream = int(out.numel() * out.element_size() > _STREAM_BYTES)
-    _run([lambda s=s, e=e: lib.group_mean_f32(x.data_ptr(), x.stride(0), idx.data_ptr(),
-                                              start.data_ptr(), len(groups), s, e,
-                                              out.data_ptr(), d, stream)
-          for s, e in _ranges(x.shape[0], d)])
+    _over_columns(x.shape[0], d, lambda s, e, _: lib.group_mean_f32(
+        x.data_ptr(), x.stride(0), idx.data_ptr(), start.data_ptr(), len(groups), s, e,
+        out.data_ptr(), d, stream))
     return out
 
 
@@ -306,9 +311,8 @@ def mean_var(x: Tensor) -> tuple[Tensor, Tensor]:
             acc.addcmul_(diff, diff)
         return mu, acc.div_(max(n - 1, 1))
     mu, var = torch.empty(d, dtype=x.dtype), torch.empty(d, dtype=x.dtype)
-    _run([lambda s=s, e=e: lib.mean_var_f32(x.data_ptr(), n, x.stride(0), s, e, mu.data_ptr(),
-                                            var.data_ptr())
-          for s, e in _ranges(n, d)])
+    _over_columns(n, d, lambda s, e, _: lib.mean_var_f32(x.data_ptr(), n, x.stride(0), s, e,
+                                                         mu.data_ptr(), var.data_ptr()))
     return mu, var
 
 
@@ -331,10 +335,9 @@ def network_reduce(x: Tensor, comps: tuple[tuple[int, int], ...], positions: tup
     pos = torch.tensor(positions, dtype=torch.int32)
     kind, beta = _COMBINE_KINDS[spec[0]], int(spec[1]) if spec[0] == "window" else 0
     out = torch.empty(d, dtype=x.dtype)
-    _run([lambda s=s, e=e: lib.sortnet_f32(x.data_ptr(), n, x.stride(0), s, e,
-                                           pairs.data_ptr(), len(comps), pos.data_ptr(),
-                                           len(positions), kind, beta, out.data_ptr())
-          for s, e in _ranges(n, d)])
+    _over_columns(n, d, lambda s, e, _: lib.sortnet_f32(
+        x.data_ptr(), n, x.stride(0), s, e, pairs.data_ptr(), len(comps), pos.data_ptr(),
+        len(positions), kind, beta, out.data_ptr()))
     return out
 
 
@@ -360,7 +363,6 @@ def mix(w: Tensor, x: Tensor) -> Tensor:
     w = w.contiguous()
     out = torch.empty(m, d, dtype=x.dtype)
     stream = int(out.numel() * out.element_size() > _STREAM_BYTES)
-    _run([lambda s=s, e=e: lib.mix_f32(w.data_ptr(), m, n, x.data_ptr(), x.stride(0), s, e,
-                                       out.data_ptr(), d, stream)
-          for s, e in _ranges(m + n, d)])
+    _over_columns(m + n, d, lambda s, e, _: lib.mix_f32(
+        w.data_ptr(), m, n, x.data_ptr(), x.stride(0), s, e, out.data_ptr(), d, stream))
     return out
