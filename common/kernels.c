@@ -11,11 +11,10 @@
  * wsum_sqdist_f32: a weighted sum of the rows plus alpha v, and every row's distance to it, in
  *   one pass (one CClip or Weiszfeld iteration).
  * mean_var_f32: column means and variances in one read (ALIE).
- * group_mean_f32: means of row groups in one pass (bucketing, resampling).
+ * group_mean_f32: means of row groups in one pass, members shared by every group summed once
+ *   (bucketing, resampling, NNM).
  * sortnet_f32: a pruned sorting network per column, on blocks held in L1 (coordinate-wise
  *   median, trimmed mean, Bulyan).
- * mix_f32: OUT = W X for a small (m, n) mixing matrix (NNM). Register tiles of R output rows
- *   by CB vectors of columns, with streaming stores for outputs too large to stay in cache.
  *
  * Portable C with GCC/Clang vector extensions: the vector width and tile sizes follow the
  * target (AVX-512: 16 floats and 32 registers; AVX/AVX2: 8 and 16; otherwise 4 floats, e.g.
@@ -77,7 +76,10 @@ static inline void store_stream(float *p, vf v) {
  * Gram matrix
  * ---------------------------------------------------------------------------------------- */
 
-#define GB (REGS >= 32 ? 4 : 3) /* rows per tile: GB x GB accumulators + GB + 1 loaded vectors */
+/* rows per tile: GB x GB accumulators + GB + 1 loaded vectors. 5 x 5 (31 of 32 registers) over
+ * 4 x 4: 25 FMAs per 10 loads instead of 16 per 8, and n = 25 splits into whole tiles (9.6 -> 8.1
+ * ms at (25, 1e6)). */
+#define GB (REGS >= 32 ? 5 : 3)
 
 /* Walks the lines of the next column chunk, one prefetch per call, so that its first sweep
  * finds the rows in L2 instead of stalling on memory (measured 12.6 -> 9.7 ms at (25, 1e6)). */
@@ -106,18 +108,18 @@ typedef void tile_fn(const float *const *a, const float *const *b, long kc, long
     static void NAME(const float *const *a, const float *const *b, long kc, long kv, long ke,  \
                      double *g, long n, long i0, long j0, cursor *pf) {                        \
         vf acc[RA][RB];                                                                        \
-        _Pragma("GCC unroll 4") for (int r = 0; r < RA; ++r)                                   \
-            _Pragma("GCC unroll 4") for (int c = 0; c < RB; ++c) acc[r][c] = (vf){0};          \
+        _Pragma("GCC unroll 8") for (int r = 0; r < RA; ++r)                                   \
+            _Pragma("GCC unroll 8") for (int c = 0; c < RB; ++c) acc[r][c] = (vf){0};          \
         for (long k = kc; k < kv; k += W) {                                                    \
             vf av[RA];                                                                         \
-            _Pragma("GCC unroll 4") for (int r = 0; r < RA; ++r) {                             \
+            _Pragma("GCC unroll 8") for (int r = 0; r < RA; ++r) {                             \
                 av[r] = load(a[r] + k);                                                        \
                 KEEP(av[r]);                                                                   \
             }                                                                                  \
-            _Pragma("GCC unroll 4") for (int c = 0; c < RB; ++c) {                             \
+            _Pragma("GCC unroll 8") for (int c = 0; c < RB; ++c) {                             \
                 vf bv = load(b[c] + k);                                                        \
                 KEEP(bv);                                                                      \
-                _Pragma("GCC unroll 4") for (int r = 0; r < RA; ++r)                           \
+                _Pragma("GCC unroll 8") for (int r = 0; r < RA; ++r)                           \
                     if (!(UPPER) || r <= c) acc[r][c] += av[r] * bv;                           \
             }                                                                                  \
             prefetch_next(pf);                                                                 \
@@ -138,11 +140,13 @@ TILE(tile_3, GB, 3, 0)
 TILE(diag_1, 1, 1, 1)
 TILE(diag_2, 2, 2, 1)
 TILE(diag_3, 3, 3, 1)
-#if GB == 4
-TILE(tile_4, 4, 4, 0)
+#if GB == 5
+TILE(tile_4, GB, 4, 0)
+TILE(tile_5, GB, 5, 0)
 TILE(diag_4, 4, 4, 1)
-static tile_fn *const off_tiles[] = {0, tile_1, tile_2, tile_3, tile_4};
-static tile_fn *const diag_tiles[] = {0, diag_1, diag_2, diag_3, diag_4};
+TILE(diag_5, 5, 5, 1)
+static tile_fn *const off_tiles[] = {0, tile_1, tile_2, tile_3, tile_4, tile_5};
+static tile_fn *const diag_tiles[] = {0, diag_1, diag_2, diag_3, diag_4, diag_5};
 #else
 static tile_fn *const off_tiles[] = {0, tile_1, tile_2, tile_3};
 static tile_fn *const diag_tiles[] = {0, diag_1, diag_2, diag_3};
@@ -319,33 +323,59 @@ void mean_var_f32(const float *x, long n, long ld, long k0, long k1, float *mean
  * Group means
  * ---------------------------------------------------------------------------------------- */
 
-/* out[r, k] = (x[m_0, k] + x[m_1, k] + ...) / count for the members m = idx[start[r] ..
- * start[r + 1]) of group r (bucketing, resampling), summed in member order, k in [k0, k1): one
- * read of each member row and one write, where an add and a divide per group pass over the
- * output twice. stream: non-temporal stores (out aligned to the vector size). */
-void group_mean_f32(const float *x, long ld, const int *idx, const int *start, long groups,
-                    long k0, long k1, float *out, long ldo, int stream) {
-    long kv = k0 + (k1 - k0) / W * W;
+#define GCHUNK 4096 /* columns per chunk: the core's partial sums stay in L1, the rows in L2 */
+
+/* Means of row groups that share members (bucketing, resampling, NNM). Group g has the members
+ * core[0 .. ncore) (shared by every group) followed by idx[start[g] .. start[g + 1]); its mean
+ *     t[k] = ((x[core_0, k] + x[core_1, k] + ...) + x[idx_0, k] + x[idx_1, k] + ...) / count[g]
+ * (summed in that order, no divide for count 1) is written to the output rows
+ * orow[ostart[g] .. ostart[g + 1]) (groups with the same members are computed once), for k in
+ * [k0, k1). Over column chunks whose rows stay in cache, so a row in several groups is read from
+ * memory once, and the core is summed once per chunk instead of once per group: NNM's n - f
+ * nearest neighbours are mostly the same rows for every output. stream: non-temporal stores
+ * (used when out is aligned to the vector size). */
+void group_mean_f32(const float *x, long ld, const int *core, long ncore, const int *idx,
+                    const int *start, const float *count, const int *orow, const int *ostart,
+                    long groups, long k0, long k1, float *out, long ldo, int stream) {
+    float base[GCHUNK] __attribute__((aligned(64)));
     stream = stream && (uintptr_t)(out + k0) % (W * sizeof(float)) == 0 && ldo % W == 0;
-    for (long r = 0; r < groups; ++r) {
-        const int *m = idx + start[r];
-        long cnt = start[r + 1] - start[r];
-        float c = (float)cnt;
-        float *o = out + r * ldo;
-        for (long k = k0; k < kv; k += W) {
-            vf t = load(x + m[0] * ld + k);
-            for (long j = 1; j < cnt; ++j) t += load(x + m[j] * ld + k);
-            if (cnt > 1) t = t / c;
-            if (stream) store_stream(o + k, t); else store(o + k, t);
+    for (long kc = k0; kc < k1; kc += GCHUNK) {
+        long ke = kc + GCHUNK < k1 ? kc + GCHUNK : k1, kv = kc + (ke - kc) / W * W;
+        if (ncore) {
+            for (long k = kc; k < kv; k += W) {
+                vf t = load(x + core[0] * ld + k);
+                for (long j = 1; j < ncore; ++j) t += load(x + core[j] * ld + k);
+                store(base + (k - kc), t);
+            }
+            for (long k = kv; k < ke; ++k) {
+                float t = x[core[0] * ld + k];
+                for (long j = 1; j < ncore; ++j) t += x[core[j] * ld + k];
+                base[k - kc] = t;
+            }
         }
-        for (long k = kv; k < k1; ++k) {
-            float t = x[m[0] * ld + k];
-            for (long j = 1; j < cnt; ++j) t += x[m[j] * ld + k];
-            o[k] = cnt > 1 ? t / c : t;
+        for (long g = 0; g < groups; ++g) {
+            const int *m = idx + start[g], *o = orow + ostart[g];
+            long ne = start[g + 1] - start[g], no = ostart[g + 1] - ostart[g];
+            float c = count[g];
+            for (long k = kc; k < kv; k += W) {
+                vf t = ncore ? load(base + (k - kc)) : load(x + m[0] * ld + k);
+                for (long j = ncore ? 0 : 1; j < ne; ++j) t += load(x + m[j] * ld + k);
+                if (c != 1.0f) t = t / c;
+                for (long q = 0; q < no; ++q) {
+                    if (stream) store_stream(out + o[q] * ldo + k, t);
+                    else store(out + o[q] * ldo + k, t);
+                }
+            }
+            for (long k = kv; k < ke; ++k) {
+                float t = ncore ? base[k - kc] : x[m[0] * ld + k];
+                for (long j = ncore ? 0 : 1; j < ne; ++j) t += x[m[j] * ld + k];
+                if (c != 1.0f) t = t / c;
+                for (long q = 0; q < no; ++q) out[o[q] * ldo + k] = t;
+            }
         }
     }
 #if defined(__AVX__)
-    if (stream) _mm_sfence();
+    if (stream) _mm_sfence(); /* streaming stores are weakly ordered */
 #endif
 }
 
@@ -500,78 +530,4 @@ int sortnet_f32(const float *x, long n, long ld, long k0, long k1, const int *co
         }
     }
     return 0;
-}
-
-/* ------------------------------------------------------------------------------------------
- * Mixing product
- * ---------------------------------------------------------------------------------------- */
-
-#define CB (REGS >= 32 ? 4 : 2) /* column vectors per tile */
-#define MR (REGS >= 32 ? 6 : 4) /* output rows per tile: MR x CB accumulators + CB + 1 */
-#define PF_TILES 8              /* prefetch distance, in column tiles */
-
-
-typedef void mix_fn(const float *w, long n, const float *x, long ldx, long k, long kend,
-                    float *out, long ldo, long r0, int stream);
-
-/* out[r0 + r, k : k + CB*W] = sum_j w[r0 + r, j] x[j, k : k + CB*W] for r < R. */
-#define MIXTILE(NAME, R)                                                                       \
-    static void NAME(const float *w, long n, const float *x, long ldx, long k, long kend,      \
-                     float *out, long ldo, long r0, int stream) {                              \
-        vf acc[R][CB];                                                                         \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)                                    \
-            _Pragma("GCC unroll 4") for (int c = 0; c < CB; ++c) acc[r][c] = (vf){0};          \
-        for (long j = 0; j < n; ++j) {                                                         \
-            const float *xj = x + j * ldx + k;                                                 \
-            vf xv[CB];                                                                         \
-            _Pragma("GCC unroll 4") for (int c = 0; c < CB; ++c) {                             \
-                xv[c] = load(xj + c * W);                                                      \
-                KEEP(xv[c]);                                                                   \
-            }                                                                                  \
-            if (r0 == 0 && k + (PF_TILES + 1) * CB * W <= kend)                                \
-                for (int c = 0; c < CB * W; c += 64 / (int)sizeof(float))                      \
-                    __builtin_prefetch(xj + PF_TILES * CB * W + c, 0, 1);                      \
-            _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {                              \
-                vf wv = (vf){0} + w[(r0 + r) * n + j];                                         \
-                _Pragma("GCC unroll 4") for (int c = 0; c < CB; ++c) acc[r][c] += wv * xv[c];  \
-            }                                                                                  \
-        }                                                                                      \
-        for (int r = 0; r < R; ++r)                                                            \
-            for (int c = 0; c < CB; ++c) {                                                     \
-                float *p = out + (r0 + r) * ldo + k + c * W;                                   \
-                if (stream) store_stream(p, acc[r][c]); else store(p, acc[r][c]);              \
-            }                                                                                  \
-    }
-
-MIXTILE(mix_1, 1)
-MIXTILE(mix_2, 2)
-MIXTILE(mix_3, 3)
-MIXTILE(mix_4, 4)
-#if MR == 6
-MIXTILE(mix_5, 5)
-MIXTILE(mix_6, 6)
-static mix_fn *const mix_tiles[] = {0, mix_1, mix_2, mix_3, mix_4, mix_5, mix_6};
-#else
-static mix_fn *const mix_tiles[] = {0, mix_1, mix_2, mix_3, mix_4};
-#endif
-
-/* out[r, k] = sum_j w[r, j] x[j, k] for r < m, k in [k0, k1): w is (m, n) row-major float32,
- * row j of x starts at x + j * ldx, row r of out at out + r * ldo. stream != 0 asks for
- * non-temporal stores (used where the rows and out are aligned to the vector size). */
-void mix_f32(const float *w, long m, long n, const float *x, long ldx, long k0, long k1,
-             float *out, long ldo, int stream) {
-    long step = CB * W, kv = k0 + (k1 - k0) / step * step;
-    stream = stream && (uintptr_t)(out + k0) % (W * sizeof(float)) == 0 && ldo % W == 0;
-    for (long k = k0; k < kv; k += step)
-        for (long r0 = 0; r0 < m; r0 += MR)
-            mix_tiles[m - r0 < MR ? m - r0 : MR](w, n, x, ldx, k, kv, out, ldo, r0, stream);
-    for (long r = 0; r < m; ++r)
-        for (long k = kv; k < k1; ++k) {
-            float s = 0;
-            for (long j = 0; j < n; ++j) s += w[r * n + j] * x[j * ldx + k];
-            out[r * ldo + k] = s;
-        }
-#if defined(__AVX__)
-    if (stream) _mm_sfence(); /* streaming stores are weakly ordered */
-#endif
 }

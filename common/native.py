@@ -2,11 +2,10 @@
 fallbacks.
 
 - :func:`gram`: ``x x^T`` (distances for Krum, Multi-Krum, Bulyan, NNM);
-- :func:`mix`: ``w @ x`` for a small mixing matrix (NNM's averages);
 - :func:`sq_distances_to`: every row's squared distance to one point (CClip, RFA);
 - :func:`weighted_sum_and_sq_distances`: one CClip/Weiszfeld step and the next distances;
 - :func:`mean_var`: column means and variances (ALIE);
-- :func:`group_means`: means of groups of rows (bucketing, resampling);
+- :func:`group_means`: means of groups of rows (bucketing, resampling, NNM's averages);
 - :func:`network_reduce`: a sorting network per column (median, trimmed mean, Bulyan).
 
 They run the C kernels of ``common/kernels.c`` for float32 CPU tensors whose rows are
@@ -47,7 +46,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["gram", "mix", "sq_distances_to", "weighted_sum_and_sq_distances", "mean_var",
+__all__ = ["gram", "sq_distances_to", "weighted_sum_and_sq_distances", "mean_var",
            "group_means", "network_reduce", "library", "SOURCE"]
 
 SOURCE = Path(__file__).with_name("kernels.c")
@@ -56,16 +55,14 @@ _L2_CHUNK_BYTES = 400 * 1024  # a Gram column chunk of all n rows (measured best
 _MIN_SPLIT = 1 << 18          # elements per thread below which one thread does all the work
 _ALIGN = 64                   # thread column boundaries, in floats (whole vectors and lines)
 _STREAM_BYTES = 16 << 20      # outputs above this bypass the cache (they cannot stay in it)
-_MM_CHUNK = 16384             # columns per torch.mm on CPU when the kernel is not used
 
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 # argument and result types of the functions of kernels.c
 _SIGNATURES = {
     "gram_f32": ((_P, _L, _L, _L, _L, _L, _P), None),
-    "mix_f32": ((_P, _L, _L, _P, _L, _L, _L, _P, _L, _I), None),
     "sqdist_to_f32": ((_P, _L, _L, _P, _L, _L, _P), None),
     "wsum_sqdist_f32": ((_P, _L, _L, _P, _F, _P, _L, _L, _L, _P, _P), None),
-    "group_mean_f32": ((_P, _L, _P, _P, _L, _L, _L, _P, _L, _I), None),
+    "group_mean_f32": ((_P, _L, _P, _L, _P, _P, _P, _P, _P, _L, _L, _L, _P, _L, _I), None),
     "mean_var_f32": ((_P, _L, _L, _L, _L, _P, _P), None),
     "sortnet_f32": ((_P, _L, _L, _L, _L, _P, _L, _P, _L, _I, _L, _P), _I),
 }
@@ -272,22 +269,37 @@ def weighted_sum_and_sq_distances(w: Tensor, x: Tensor, v: Tensor | None = None,
     return out, sq
 
 
-def group_means(x: Tensor, groups: list[list[int]]) -> Tensor | None:
-    """Row r = the mean of the rows ``groups[r]`` of x (summed in the listed order, then divided
-    by the count: the same float32 result as torch's add-then-divide) by the native kernel, in
-    one pass; None where the kernel does not apply."""
+def group_means(x: Tensor, core: list[int], parts: list[tuple[list[int], list[int]]],
+                m: int, out: Tensor | None = None) -> Tensor | None:
+    """Means of row groups that share the members ``core``, by the native kernel in one pass;
+    None where the kernel does not apply.
+
+    ``parts`` lists, per distinct group, its other members and the output rows it goes to: row
+    r of the (m, d) result is ``(x[core_0] + x[core_1] + ... + x[rest_0] + ...) / count``,
+    summed in that order and divided by the group's size (not at all for size 1), the same
+    float32 values as those adds and that divide in torch.
+    """
     lib = library() if _native_ok(x) else None
     if lib is None:
         return None
     d = x.shape[1]
-    idx = torch.tensor([j for g in groups for j in g], dtype=torch.int32)
-    start = torch.tensor([0] + [len(g) for g in groups], dtype=torch.int32).cumsum(0,
-                                                                                 dtype=torch.int32)
-    out = torch.empty(len(groups), d, dtype=x.dtype)
+
+    def ints(values: list[int]) -> Tensor:
+        return torch.tensor(values, dtype=torch.int32)
+
+    def starts(lists: list[list[int]]) -> Tensor:
+        return ints([0] + [len(v) for v in lists]).cumsum(0, dtype=torch.int32)
+
+    rests, rows = [p[0] for p in parts], [p[1] for p in parts]
+    c, idx, start = ints(core or [0]), ints([j for r in rests for j in r] or [0]), starts(rests)
+    orow, ostart = ints([r for rs in rows for r in rs]), starts(rows)
+    count = torch.tensor([len(core) + len(r) for r in rests], dtype=torch.float32)
+    out = torch.empty(m, d, dtype=x.dtype) if out is None else out
     stream = int(out.numel() * out.element_size() > _STREAM_BYTES)
     _over_columns(x.shape[0], d, lambda s, e, _: lib.group_mean_f32(
-        x.data_ptr(), x.stride(0), idx.data_ptr(), start.data_ptr(), len(groups), s, e,
-        out.data_ptr(), d, stream))
+        x.data_ptr(), x.stride(0), c.data_ptr(), len(core), idx.data_ptr(), start.data_ptr(),
+        count.data_ptr(), orow.data_ptr(), ostart.data_ptr(), len(parts), s, e, out.data_ptr(),
+        d, stream))
     return out
 
 
@@ -338,31 +350,4 @@ def network_reduce(x: Tensor, comps: tuple[tuple[int, int], ...], positions: tup
     _over_columns(n, d, lambda s, e, _: lib.sortnet_f32(
         x.data_ptr(), n, x.stride(0), s, e, pairs.data_ptr(), len(comps), pos.data_ptr(),
         len(positions), kind, beta, out.data_ptr()))
-    return out
-
-
-def mix(w: Tensor, x: Tensor) -> Tensor:
-    """``w @ x`` for a (m, n) matrix w and an (n, d) tensor x, in x's dtype and device.
-
-    float32 CPU input with contiguous rows: the native kernel. Otherwise torch's matmul, on CPU
-    over column blocks (MKL's single (m, n) x (n, d) call for d in the millions streams x
-    through memory once per output row block: measured 3x slower than blocks that stay in
-    cache). Each output entry sums all n terms: a zero weight times an infinite entry gives
-    NaN, as in matmul.
-    """
-    w = w.to(device=x.device, dtype=x.dtype)
-    (m, n), d = w.shape, x.shape[1]
-    lib = library() if _native_ok(x) else None
-    if lib is None:
-        if x.device.type != "cpu" or d <= _MM_CHUNK:
-            return w @ x
-        out = torch.empty(m, d, dtype=x.dtype)
-        for s in range(0, d, _MM_CHUNK):
-            torch.mm(w, x[:, s:s + _MM_CHUNK], out=out[:, s:s + _MM_CHUNK])
-        return out
-    w = w.contiguous()
-    out = torch.empty(m, d, dtype=x.dtype)
-    stream = int(out.numel() * out.element_size() > _STREAM_BYTES)
-    _over_columns(m + n, d, lambda s, e, _: lib.mix_f32(
-        w.data_ptr(), m, n, x.data_ptr(), x.stride(0), s, e, out.data_ptr(), d, stream))
     return out

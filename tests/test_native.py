@@ -54,24 +54,6 @@ def test_gram_of_a_huge_entry_overflows_like_float32():
     assert torch.isinf(native.gram(x)[1, 1])
 
 
-@pytest.mark.parametrize("n,d", SHAPES + [(25, 210000)])  # the last: streaming stores (> 16 MiB)
-def test_mix_matches_float64(n, d, threads, monkeypatch):
-    monkeypatch.setattr(native, "_MIN_SPLIT", 1)
-    x = _strided(n, d) if d != 210000 else torch.randn(n, d)
-    w = torch.rand(n + 2, n, generator=torch.Generator().manual_seed(1))
-    out = native.mix(w, x)
-    ref = w.double() @ x.double()
-    assert out.dtype == torch.float32 and out.shape == (n + 2, d)
-    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-
-
-def test_mix_zero_weight_times_inf_is_nan_as_in_matmul():
-    x = torch.ones(3, 40)
-    x[2, 5] = float("inf")
-    w = torch.tensor([[0.5, 0.5, 0.0]])
-    assert torch.isnan(native.mix(w, x)[0, 5])  # preagg._mix recomputes such rows
-
-
 @pytest.mark.parametrize("n,d", SHAPES)
 def test_sq_distances_to_matches_float64(n, d, threads, monkeypatch):
     monkeypatch.setattr(native, "_MIN_SPLIT", 1)
@@ -108,31 +90,58 @@ def test_mean_var_matches_torch(n, d, threads, monkeypatch):
     torch.testing.assert_close(var.double(), ref_var, rtol=1e-5, atol=1e-5)
 
 
+GROUPS = [
+    [[3], [0, 1], [2, 4, 5], [6, 0], [1, 2]],            # bucketing/resampling-like: no core
+    [[0, 1, 2, 4], [2, 1, 0, 3], [0, 2, 1, 4], [1, 0, 2]],  # core 0, 1, 2; rows 0 and 2 alike
+    [[5, 4, 2, 1, 6, 3, 0]],                              # one group: summed in its own order
+]
+
+
+@pytest.mark.parametrize("groups", GROUPS)
 @pytest.mark.parametrize("d", [1, 17, 5000, 210000])  # the last: streaming stores (> 16 MiB)
-def test_group_means_equal_torch_add_then_divide(d, threads, monkeypatch):
+def test_group_means_equal_torch_adds_then_divide(groups, d, threads, monkeypatch):
     from common import preagg
 
     monkeypatch.setattr(native, "_MIN_SPLIT", 1)
     x = _strided(7, d) if d != 210000 else torch.randn(30, d)
     x[2, 0] = float("nan")  # spoils only the groups holding row 2
-    groups = [[3], [0, 1], [2, 4, 5], [6, 0], [1, 2]]
-    out = native.group_means(x, groups)
+    out = preagg._group_means(x, groups)
     with monkeypatch.context() as m:
         m.setitem(native._state, "lib", None)
         ref = preagg._group_means(x, groups)
     assert torch.equal(out.isnan(), ref.isnan())
     assert torch.equal(out.nan_to_num(), ref.nan_to_num())
-    assert out[2, 0].isnan() and out[4, 0].isnan() and not out[[0, 1, 3], 0].isnan().any()
+    assert torch.equal(out[:, 0].isnan(), torch.tensor([2 in g for g in groups]))
+    x64 = x.double()
+    means = torch.stack([x64[g].mean(0) for g in groups])
+    torch.testing.assert_close(out[:, 1:].double(), means[:, 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_group_plan_sums_shared_members_once_and_equal_groups_once():
+    from common.preagg import _group_plan
+
+    core, parts = _group_plan(GROUPS[1])
+    assert core == [0, 1, 2]  # in the first group's order
+    assert parts == [([4], [0, 2]), ([3], [1]), ([], [3])]
+    assert _group_plan(GROUPS[0]) == ([], [([3], [0]), ([0, 1], [1]), ([2, 4, 5], [2]),
+                                           ([6, 0], [3]), ([1, 2], [4])])
+
+
+def test_group_means_write_into_a_given_buffer():
+    x = torch.randn(6, 300)
+    buf = torch.full((2, 300), 7.0)
+    out = native.group_means(x, [0, 1], [([2], [0]), ([3, 4], [1])], 2, buf)
+    assert out is buf
+    torch.testing.assert_close(buf, torch.stack([x[:3].mean(0), x[[0, 1, 3, 4]].mean(0)]))
 
 
 @pytest.mark.parametrize("n,d", SHAPES)
 def test_fallbacks_agree_with_the_kernels(n, d, monkeypatch):
     x, z = _strided(n, d), torch.randn(d)
-    w = torch.rand(n, n)
-    fast = (native.gram(x), native.mix(w, x), native.sq_distances_to(x, z), native.mean_var(x))
+    fast = (native.gram(x), native.sq_distances_to(x, z), native.mean_var(x))
     monkeypatch.setitem(native._state, "lib", None)
-    slow = (native.gram(x), native.mix(w, x), native.sq_distances_to(x, z), native.mean_var(x))
-    for a, b in zip(fast[:3] + fast[3], slow[:3] + slow[3]):
+    slow = (native.gram(x), native.sq_distances_to(x, z), native.mean_var(x))
+    for a, b in zip(fast[:2] + fast[2], slow[:2] + slow[2]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
@@ -218,7 +227,7 @@ def test_every_vector_width_build_is_correct(flags, tmp_path):
     give the same results as float64 torch."""
     code = """
 import torch
-from common import native, sortnet
+from common import native, preagg, sortnet
 assert native.library() is not None
 g = torch.Generator().manual_seed(0)
 for n, d in [(1, 3), (5, 37), (11, 3001), (26, 5000)]:
@@ -226,7 +235,6 @@ for n, d in [(1, 3), (5, 37), (11, 3001), (26, 5000)]:
     x64 = x.double()
     torch.testing.assert_close(native.gram(x), x64 @ x64.T, rtol=1e-6, atol=1e-6 * d)
     w = torch.rand(n + 1, n, generator=g)
-    torch.testing.assert_close(native.mix(w, x).double(), w.double() @ x64, rtol=1e-5, atol=1e-5)
     z = torch.randn(d, generator=g)
     torch.testing.assert_close(native.sq_distances_to(x, z), (x64 - z.double()).square().sum(1),
                                rtol=1e-6, atol=1e-9)
@@ -239,7 +247,11 @@ for n, d in [(1, 3), (5, 37), (11, 3001), (26, 5000)]:
     if n > 1:
         torch.testing.assert_close(var.double(), x64.var(0), rtol=1e-5, atol=1e-5)
     groups = [list(range(n)), [n - 1], [0, n - 1]]
-    means = native.group_means(x, groups)
+    means = preagg._group_means(x, groups)
+    torch.testing.assert_close(means.double(), torch.stack([x64[g].mean(0) for g in groups]),
+                               rtol=1e-5, atol=1e-6)
+    groups = [list(range(n)), list(range(n - 1, -1, -1)), list(range(n))]  # all core
+    means = preagg._group_means(x, groups)
     torch.testing.assert_close(means.double(), torch.stack([x64[g].mean(0) for g in groups]),
                                rtol=1e-5, atol=1e-6)
     if n >= 3:

@@ -137,6 +137,38 @@ def test_nnm_identical_rows_and_stage_info():
     assert all(nb[0] == i for i, nb in enumerate(stage.info["neighbours"]))
 
 
+@pytest.mark.parametrize("n,f,d,far", [(25, 5, 3000, True), (12, 3, 5001, False),
+                                      (7, 0, 100, False), (30, 29, 64, False)])
+def test_nnm_float32_equals_the_mixing_matrix(n, f, d, far, monkeypatch):
+    """float32 on CPU runs as group means (the rows every neighbourhood shares summed once);
+    it must equal W @ x in float64, and the torch path's matrix product."""
+    x = randn(n, d, n, torch.float32)
+    if far:  # the last f rows far away: every neighbourhood holds the same n - 2f rows
+        x[n - f:] = x[n - f:] * 3 - 5
+    nb = P.nnm_neighbours(x, f)
+    w = torch.zeros(n, n, dtype=torch.float64).scatter_(1, nb, 1.0 / (n - f))
+    out = P.nnm(x, f)
+    torch.testing.assert_close(out.double(), w @ x.double(), rtol=1e-5, atol=1e-5)
+    monkeypatch.setitem(P.native._state, "lib", None)
+    torch.testing.assert_close(P.nnm(x, f), out, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["nnm", "bucketing:2", "resampling:2"])
+def test_a_stage_reuses_its_output_buffer(spec):
+    x = randn(9, 50, 0, torch.float32)
+    stage = P.make_chain(spec, 9, 2).stages[0]
+    first = stage(x, gen(1))
+    kept = first.clone()
+    again = stage(2 * x, gen(1))  # the same buckets, groups or neighbours: twice the output
+    assert again.data_ptr() == first.data_ptr()
+    torch.testing.assert_close(again, 2 * kept)
+    if spec != "bucketing:2":  # its own output as input: written elsewhere, not over it
+        own = stage(again, gen(1))
+        assert own.data_ptr() != again.data_ptr()
+        fresh = P.make_chain(spec, 9, 2).stages[0](again.clone(), gen(1))
+        torch.testing.assert_close(own, fresh)
+
+
 def test_nonfinite_row_only_spoils_its_own_mixtures():
     x = T([[0.0], [1.0], [2.0], [100.0]])
     x[3] = math.inf
