@@ -23,6 +23,7 @@
  * float64 across chunks; sums over rows run in row order, like the torch code they replace.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX__)
@@ -60,6 +61,9 @@ typedef float vf __attribute__((vector_size(W * sizeof(float))));
 static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline double hsum(vf v) { double s = 0; for (int l = 0; l < W; ++l) s += v[l]; return s; }
+
+/* Floats per vector of this build (for the rounding bounds of native.py). */
+int vector_width(void) { return W; }
 
 /* A store that bypasses the cache, for outputs too large to stay in it. */
 static inline void store_stream(float *p, vf v) {
@@ -99,25 +103,30 @@ static inline void prefetch_next(cursor *p) {
     if (p->k >= p->k1) { p->k = p->k0; p->row++; }
 }
 
-typedef void tile_fn(const float *const *a, const float *const *b, long kc, long kv, long ke,
-                     double *g, long n, long i0, long j0, cursor *pf);
+typedef void tile_fn(const float *const *a, const float *const *b, const float *z, long kv,
+                     long ke, double *g, long n, long i0, long j0, cursor *pf);
 
-/* g[i0 + r, j0 + c] += a[r] . b[c] over columns [kc, ke), for all r < RA, c < RB (UPPER: only
- * r <= c, for a tile on the diagonal). Columns [kc, kv) run in vectors, [kv, ke) scalar. */
-#define TILE(NAME, RA, RB, UPPER)                                                              \
-    static void NAME(const float *const *a, const float *const *b, long kc, long kv, long ke,  \
-                     double *g, long n, long i0, long j0, cursor *pf) {                        \
+/* g[i0 + r, j0 + c] += (a[r] - z) . (b[c] - z) over columns [0, ke), for all r < RA, c < RB
+ * (CENTER 0: z is not read and the rows are used as they are; UPPER: only r <= c, for a tile on
+ * the diagonal). Columns [0, kv) run in vectors, [kv, ke) scalar. */
+#define TILE(NAME, RA, RB, UPPER, CENTER)                                                      \
+    static void NAME(const float *const *a, const float *const *b, const float *z, long kv,   \
+                     long ke, double *g, long n, long i0, long j0, cursor *pf) {               \
         vf acc[RA][RB];                                                                        \
         _Pragma("GCC unroll 8") for (int r = 0; r < RA; ++r)                                   \
             _Pragma("GCC unroll 8") for (int c = 0; c < RB; ++c) acc[r][c] = (vf){0};          \
-        for (long k = kc; k < kv; k += W) {                                                    \
-            vf av[RA];                                                                         \
+        for (long k = 0; k < kv; k += W) {                                                     \
+            vf av[RA], zk = (vf){0};                                                           \
+            if (CENTER) {                                                                      \
+                zk = load(z + k);                                                              \
+                KEEP(zk);                                                                      \
+            }                                                                                  \
             _Pragma("GCC unroll 8") for (int r = 0; r < RA; ++r) {                             \
-                av[r] = load(a[r] + k);                                                        \
+                av[r] = CENTER ? load(a[r] + k) - zk : load(a[r] + k);                         \
                 KEEP(av[r]);                                                                   \
             }                                                                                  \
             _Pragma("GCC unroll 8") for (int c = 0; c < RB; ++c) {                             \
-                vf bv = load(b[c] + k);                                                        \
+                vf bv = CENTER ? load(b[c] + k) - zk : load(b[c] + k);                         \
                 KEEP(bv);                                                                      \
                 _Pragma("GCC unroll 8") for (int r = 0; r < RA; ++r)                           \
                     if (!(UPPER) || r <= c) acc[r][c] += av[r] * bv;                           \
@@ -129,46 +138,68 @@ typedef void tile_fn(const float *const *a, const float *const *b, long kc, long
             for (int c = 0; c < RB; ++c) {                                                     \
                 if ((UPPER) && r > c) continue;                                                \
                 double s = hsum(acc[r][c]);                                                    \
-                for (long k = kv; k < ke; ++k) s += (double)a[r][k] * b[c][k];                 \
+                for (long k = kv; k < ke; ++k)                                                 \
+                    s += CENTER ? (double)(a[r][k] - z[k]) * (b[c][k] - z[k])                  \
+                                : (double)a[r][k] * b[c][k];                                   \
                 g[(i0 + r) * n + j0 + c] += s;                                                 \
             }                                                                                  \
     }
 
-TILE(tile_1, GB, 1, 0)
-TILE(tile_2, GB, 2, 0)
-TILE(tile_3, GB, 3, 0)
-TILE(diag_1, 1, 1, 1)
-TILE(diag_2, 2, 2, 1)
-TILE(diag_3, 3, 3, 1)
+/* Tiles of up to GB rows (GC when centered: the vector of z takes a register too). */
+#define GC (REGS >= 32 ? 4 : 3)
+TILE(tile_1, GB, 1, 0, 0)
+TILE(tile_2, GB, 2, 0, 0)
+TILE(tile_3, GB, 3, 0, 0)
+TILE(diag_1, 1, 1, 1, 0)
+TILE(diag_2, 2, 2, 1, 0)
+TILE(diag_3, 3, 3, 1, 0)
+TILE(ctile_1, GC, 1, 0, 1)
+TILE(ctile_2, GC, 2, 0, 1)
+TILE(ctile_3, GC, 3, 0, 1)
+TILE(cdiag_1, 1, 1, 1, 1)
+TILE(cdiag_2, 2, 2, 1, 1)
+TILE(cdiag_3, 3, 3, 1, 1)
 #if GB == 5
-TILE(tile_4, GB, 4, 0)
-TILE(tile_5, GB, 5, 0)
-TILE(diag_4, 4, 4, 1)
-TILE(diag_5, 5, 5, 1)
+TILE(tile_4, GB, 4, 0, 0)
+TILE(tile_5, GB, 5, 0, 0)
+TILE(diag_4, 4, 4, 1, 0)
+TILE(diag_5, 5, 5, 1, 0)
+TILE(ctile_4, GC, 4, 0, 1)
+TILE(cdiag_4, 4, 4, 1, 1)
 static tile_fn *const off_tiles[] = {0, tile_1, tile_2, tile_3, tile_4, tile_5};
 static tile_fn *const diag_tiles[] = {0, diag_1, diag_2, diag_3, diag_4, diag_5};
+static tile_fn *const coff_tiles[] = {0, ctile_1, ctile_2, ctile_3, ctile_4};
+static tile_fn *const cdiag_tiles[] = {0, cdiag_1, cdiag_2, cdiag_3, cdiag_4};
 #else
 static tile_fn *const off_tiles[] = {0, tile_1, tile_2, tile_3};
 static tile_fn *const diag_tiles[] = {0, diag_1, diag_2, diag_3};
+static tile_fn *const coff_tiles[] = {0, ctile_1, ctile_2, ctile_3};
+static tile_fn *const cdiag_tiles[] = {0, cdiag_1, cdiag_2, cdiag_3};
 #endif
 
-/* Upper triangle (j >= i) of g (n x n, row-major float64) += x[:, k0:k1] x[:, k0:k1]^T, where
- * row i of x starts at x + i * ld. chunk: columns per L2-resident chunk. */
-void gram_f32(const float *x, long n, long ld, long k0, long k1, long chunk, double *g) {
+/* Upper triangle (j >= i) of g (n x n, row-major float64) += y y^T over the columns [k0, k1),
+ * y = x, or y = x - z (every row minus the vector z) if z is not NULL: the centered Gram matrix
+ * of CClip's iterations. Row i of x starts at x + i * ld. chunk: columns per L2-resident
+ * chunk. */
+void gram_f32(const float *x, long n, long ld, const float *z, long k0, long k1, long chunk,
+              double *g) {
+    int gb = z ? GC : GB;
+    tile_fn *const *offt = z ? coff_tiles : off_tiles, *const *diagt = z ? cdiag_tiles : diag_tiles;
     for (long kc = k0; kc < k1; kc += chunk) {
-        long ke = kc + chunk < k1 ? kc + chunk : k1, kv = kc + (ke - kc) / W * W;
-        cursor pf = next_chunk(x, n, ld, ke, chunk, k1);
-        for (long i0 = 0; i0 < n; i0 += GB) {
-            int ra = n - i0 < GB ? (int)(n - i0) : GB;
+        long len = kc + chunk < k1 ? chunk : k1 - kc, kv = len / W * W;
+        cursor pf = next_chunk(x, n, ld, kc + len, chunk, k1);
+        const float *zc = z ? z + kc : NULL;
+        for (long i0 = 0; i0 < n; i0 += gb) {
+            int ra = n - i0 < gb ? (int)(n - i0) : gb;
             const float *a[GB];
-            for (int r = 0; r < ra; ++r) a[r] = x + (i0 + r) * ld;
-            diag_tiles[ra](a, a, kc, kv, ke, g, n, i0, i0, &pf);
+            for (int r = 0; r < ra; ++r) a[r] = x + (i0 + r) * ld + kc;
+            diagt[ra](a, a, zc, kv, len, g, n, i0, i0, &pf);
             /* only the last row block can be short, and it is never an `a` block here */
-            for (long j0 = i0 + GB; j0 < n; j0 += GB) {
-                int rb = n - j0 < GB ? (int)(n - j0) : GB;
+            for (long j0 = i0 + gb; j0 < n; j0 += gb) {
+                int rb = n - j0 < gb ? (int)(n - j0) : gb;
                 const float *b[GB];
-                for (int c = 0; c < rb; ++c) b[c] = x + (j0 + c) * ld;
-                off_tiles[rb](a, b, kc, kv, ke, g, n, i0, j0, &pf);
+                for (int c = 0; c < rb; ++c) b[c] = x + (j0 + c) * ld + kc;
+                offt[rb](a, b, zc, kv, len, g, n, i0, j0, &pf);
             }
         }
     }
@@ -271,7 +302,8 @@ void wsum_sqdist_f32(const float *x, long n, long ld, const float *w, float alph
  * n = 1) for k in [k0, k1) (ALIE): the two-pass formula, reading x from memory once. Each pass
  * sweeps the chunk row by row (one memory stream at a time; walking down a column across n
  * rows measured 1.6x slower at n = 80), summing in row order. */
-void mean_var_f32(const float *x, long n, long ld, long k0, long k1, float *mean, float *var) {
+void mean_var_f32(const float *x, long n, long ld, long k0, long k1, float *mean, float *var,
+                  int std) {
     float cnt = (float)n, cnt1 = n > 1 ? (float)(n - 1) : 1.0f; /* n = 1: q = 0, var 0 */
     for (long kc = k0; kc < k1; kc += VCHUNK) {
         long ke = kc + VCHUNK < k1 ? kc + VCHUNK : k1, kv = kc + (ke - kc) / W * W;
@@ -316,6 +348,8 @@ void mean_var_f32(const float *x, long n, long ld, long k0, long k1, float *mean
         }
         for (long k = kc; k < kv; k += W) store(var + k, load(var + k) / cnt1);
         for (long k = kv; k < ke; ++k) var[k] /= cnt1;
+        if (std) /* vectorised with -fno-math-errno; the same value as torch.sqrt */
+            for (long k = kc; k < ke; ++k) var[k] = __builtin_sqrtf(var[k]);
     }
 }
 
@@ -323,7 +357,30 @@ void mean_var_f32(const float *x, long n, long ld, long k0, long k1, float *mean
  * Group means
  * ---------------------------------------------------------------------------------------- */
 
-#define GCHUNK 4096 /* columns per chunk: the core's partial sums stay in L1, the rows in L2 */
+/* dst[q][k] = (first[k] + rows[0][k] + ... + rows[np - 1][k]) / c for k in [0, kv), vectors;
+ * mode 0: no divide (c = 1), 1: times 1/c (c a power of two: the same result), 2: divide.
+ * Inlined with a constant np for the common small groups. */
+static inline __attribute__((always_inline)) void group_sum(
+        const float *first, const float *const *rows, long np, float c, int mode,
+        float *const *dst, long no, int stream, long kv) {
+    vf inv = (vf){0} + 1.0f / c;
+    for (long k = 0; k < kv; k += W) {
+        vf t = load(first + k);
+        for (long j = 0; j < np; ++j) t += load(rows[j] + k);
+        if (mode == 1) t = t * inv;
+        else if (mode == 2) t = t / c;
+        if (no == 1 && !stream) {
+            store(dst[0] + k, t);
+            continue;
+        }
+        for (long q = 0; q < no; ++q) {
+            if (stream) store_stream(dst[q] + k, t);
+            else store(dst[q] + k, t);
+        }
+    }
+}
+
+#define GCHUNK 16384 /* columns per chunk: the core's partial sums stay in L1, the rows in L2 */
 
 /* Means of row groups that share members (bucketing, resampling, NNM). Group g has the members
  * core[0 .. ncore) (shared by every group) followed by idx[start[g] .. start[g + 1]); its mean
@@ -331,49 +388,61 @@ void mean_var_f32(const float *x, long n, long ld, long k0, long k1, float *mean
  * (summed in that order, no divide for count 1) is written to the output rows
  * orow[ostart[g] .. ostart[g + 1]) (groups with the same members are computed once), for k in
  * [k0, k1). Over column chunks whose rows stay in cache, so a row in several groups is read from
- * memory once, and the core is summed once per chunk instead of once per group: NNM's n - f
- * nearest neighbours are mostly the same rows for every output. stream: non-temporal stores
- * (used when out is aligned to the vector size). */
+ * memory once, and the core is summed once per chunk into a buffer instead of once per group
+ * (NNM's n - f nearest neighbours are mostly the same rows for every output; without the
+ * buffer, e.g. if it cannot be allocated, each group sums the core itself: the same values).
+ * stream: non-temporal stores (used when out is aligned to the vector size). */
 void group_mean_f32(const float *x, long ld, const int *core, long ncore, const int *idx,
                     const int *start, const float *count, const int *orow, const int *ostart,
                     long groups, long k0, long k1, float *out, long ldo, int stream) {
-    float base[GCHUNK] __attribute__((aligned(64)));
+    float *base = ncore > 1 ? aligned_alloc(64, GCHUNK * sizeof(float)) : NULL;
     stream = stream && (uintptr_t)(out + k0) % (W * sizeof(float)) == 0 && ldo % W == 0;
     for (long kc = k0; kc < k1; kc += GCHUNK) {
-        long ke = kc + GCHUNK < k1 ? kc + GCHUNK : k1, kv = kc + (ke - kc) / W * W;
-        if (ncore) {
-            for (long k = kc; k < kv; k += W) {
-                vf t = load(x + core[0] * ld + k);
-                for (long j = 1; j < ncore; ++j) t += load(x + core[j] * ld + k);
-                store(base + (k - kc), t);
+        long ke = kc + GCHUNK < k1 ? kc + GCHUNK : k1, kv = (ke - kc) / W * W;
+        if (base) {
+            for (long k = 0; k < kv; k += W) {
+                vf t = load(x + core[0] * ld + kc + k);
+                for (long j = 1; j < ncore; ++j) t += load(x + core[j] * ld + kc + k);
+                store(base + k, t);
             }
-            for (long k = kv; k < ke; ++k) {
-                float t = x[core[0] * ld + k];
-                for (long j = 1; j < ncore; ++j) t += x[core[j] * ld + k];
-                base[k - kc] = t;
+            for (long k = kv; k < ke - kc; ++k) {
+                float t = x[core[0] * ld + kc + k];
+                for (long j = 1; j < ncore; ++j) t += x[core[j] * ld + kc + k];
+                base[k] = t;
             }
         }
         for (long g = 0; g < groups; ++g) {
             const int *m = idx + start[g], *o = orow + ostart[g];
             long ne = start[g + 1] - start[g], no = ostart[g + 1] - ostart[g];
-            float c = count[g];
-            for (long k = kc; k < kv; k += W) {
-                vf t = ncore ? load(base + (k - kc)) : load(x + m[0] * ld + k);
-                for (long j = ncore ? 0 : 1; j < ne; ++j) t += load(x + m[j] * ld + k);
-                if (c != 1.0f) t = t / c;
-                for (long q = 0; q < no; ++q) {
-                    if (stream) store_stream(out + o[q] * ldo + k, t);
-                    else store(out + o[q] * ldo + k, t);
-                }
+            /* the first term and the rows added to it, in order, offset to this chunk */
+            long nc = base ? 0 : ncore, np = nc + ne - 1 + (base != NULL);
+            const float *first = base ? base : x + (ncore ? core[0] : m[0]) * ld + kc;
+            const float *rows[np > 0 ? np : 1];
+            for (long j = 0; j < np; ++j) {
+                long r = j + 1 - (base != NULL); /* member index after the first term */
+                rows[j] = x + (r < nc ? core[r] : m[r - nc]) * ld + kc;
             }
-            for (long k = kv; k < ke; ++k) {
-                float t = ncore ? base[k - kc] : x[m[0] * ld + k];
-                for (long j = ncore ? 0 : 1; j < ne; ++j) t += x[m[j] * ld + k];
+            float *dst[no];
+            for (long q = 0; q < no; ++q) dst[q] = out + o[q] * ldo + kc;
+            float c = count[g];
+            long ci = (long)c;
+            int mode = ci == 1 ? 0 : (ci & (ci - 1)) == 0 ? 1 : 2;
+            switch (np < 4 ? np : 4) {
+            case 0: group_sum(first, rows, 0, c, mode, dst, no, stream, kv); break;
+            case 1: group_sum(first, rows, 1, c, mode, dst, no, stream, kv); break;
+            case 2: group_sum(first, rows, 2, c, mode, dst, no, stream, kv); break;
+            case 3: group_sum(first, rows, 3, c, mode, dst, no, stream, kv); break;
+            default: group_sum(first, rows, np, c, mode, dst, no, stream, kv);
+            }
+            for (long k = kv; k < ke - kc; ++k) {
+                float t = first[k];
+                for (long j = 0; j < np; ++j) t += rows[j][k];
                 if (c != 1.0f) t = t / c;
-                for (long q = 0; q < no; ++q) out[o[q] * ldo + k] = t;
+                for (long q = 0; q < no; ++q) dst[q][k] = t;
             }
         }
     }
+    free(base);
 #if defined(__AVX__)
     if (stream) _mm_sfence(); /* streaming stores are weakly ordered */
 #endif

@@ -46,12 +46,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["gram", "sq_distances_to", "weighted_sum_and_sq_distances", "mean_var",
+__all__ = ["gram", "gram_rounding", "sq_distances_to", "weighted_sum_and_sq_distances", "mean_var",
            "group_means", "network_reduce", "library", "SOURCE"]
 
 SOURCE = Path(__file__).with_name("kernels.c")
-DEFAULT_CFLAGS = "-O3 -march=native"
+DEFAULT_CFLAGS = "-O3 -march=native -fno-math-errno"
 _L2_CHUNK_BYTES = 400 * 1024  # a Gram column chunk of all n rows (measured best at n = 25)
+_CENTERED_CHUNK = 2048        # columns per chunk of a centered Gram matrix: see gram_rounding
 _MIN_SPLIT = 1 << 18          # elements per thread below which one thread does all the work
 _ALIGN = 64                   # thread column boundaries, in floats (whole vectors and lines)
 _STREAM_BYTES = 16 << 20      # outputs above this bypass the cache (they cannot stay in it)
@@ -59,11 +60,12 @@ _STREAM_BYTES = 16 << 20      # outputs above this bypass the cache (they cannot
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 # argument and result types of the functions of kernels.c
 _SIGNATURES = {
-    "gram_f32": ((_P, _L, _L, _L, _L, _L, _P), None),
+    "gram_f32": ((_P, _L, _L, _P, _L, _L, _L, _P), None),
+    "vector_width": ((), _I),
     "sqdist_to_f32": ((_P, _L, _L, _P, _L, _L, _P), None),
     "wsum_sqdist_f32": ((_P, _L, _L, _P, _F, _P, _L, _L, _L, _P, _P), None),
     "group_mean_f32": ((_P, _L, _P, _L, _P, _P, _P, _P, _P, _L, _L, _L, _P, _L, _I), None),
-    "mean_var_f32": ((_P, _L, _L, _L, _L, _P, _P), None),
+    "mean_var_f32": ((_P, _L, _L, _L, _L, _P, _P, _I), None),
     "sortnet_f32": ((_P, _L, _L, _L, _L, _P, _L, _P, _L, _I, _L, _P), _I),
 }
 _lock = threading.Lock()
@@ -204,23 +206,37 @@ def _chunk(n: int, budget: int) -> int:
     return max(_ALIGN, budget // (4 * n) // _ALIGN * _ALIGN)
 
 
-def gram(x: Tensor) -> Tensor:
-    """``x x^T`` for an (n, d) tensor, as a symmetric (n, n) float64 tensor.
+def gram(x: Tensor, z: Tensor | None = None) -> Tensor:
+    """``y y^T`` for an (n, d) tensor y = x, or y = x - z (every row minus the d-vector z), as
+    a symmetric (n, n) float64 tensor.
 
     float32 CPU input with contiguous rows: the native kernel (float32 vectors within a column
-    chunk, float64 across chunks). Otherwise ``x @ x.T`` in x's dtype (float32 for half
-    types), converted to float64.
+    chunk, float64 across chunks; x - z formed in registers). Otherwise ``y @ y.T`` in
+    x's dtype (float32 for half types), converted to float64.
     """
-    lib = library() if _native_ok(x) else None
+    lib = library() if _native_ok(x) and (z is None or _native_ok(z[None])) else None
     if lib is None:
-        xc = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        return (xc @ xc.T).double()
+        y = x if z is None else x - z
+        y = y if y.dtype in (torch.float32, torch.float64) else y.float()
+        return (y @ y.T).double()
     n, d = x.shape
-    chunk = _chunk(n, _L2_CHUNK_BYTES)
-    g = _over_columns(n, d, lambda s, e, acc: lib.gram_f32(x.data_ptr(), n, x.stride(0), s, e,
-                                                           chunk, acc), sums=(n, n))
+    chunk = _chunk(n, _L2_CHUNK_BYTES) if z is None else _CENTERED_CHUNK
+    zp = None if z is None else z.data_ptr()
+
+    g = _over_columns(n, d, lambda s, e, acc: lib.gram_f32(x.data_ptr(), n, x.stride(0), zp, s,
+                                                           e, chunk, acc), sums=(n, n))
     upper = torch.triu(g)
     return upper + torch.triu(g, diagonal=1).T
+
+
+def gram_rounding() -> float | None:
+    """A bound on ``|error of G_ij| / (||y_i|| ||y_j||)`` for the kernel's centered Gram matrix
+    (:func:`gram` with z): each vector lane sums at most chunk / width float32 products before
+    the float64 sum, plus the rounding of y = x - z. None where the kernel does not run."""
+    lib = library()
+    if lib is None:
+        return None
+    return 2.0 ** -24 * (_CENTERED_CHUNK // lib.vector_width() + 3)
 
 
 def sq_distances_to(x: Tensor, z: Tensor) -> Tensor:
@@ -303,9 +319,9 @@ def group_means(x: Tensor, core: list[int], parts: list[tuple[list[int], list[in
     return out
 
 
-def mean_var(x: Tensor) -> tuple[Tensor, Tensor]:
+def mean_var(x: Tensor, std: bool = False) -> tuple[Tensor, Tensor]:
     """Column means and unbiased variances (divisor n - 1; zeros when n = 1) of an (n, d)
-    tensor, in x's dtype.
+    tensor, in x's dtype; with ``std``, standard deviations (their square roots) instead.
 
     float32 CPU input with contiguous rows: the native kernel (two-pass formula over column
     chunks that stay in cache: one read of x). Otherwise ``x.mean(0)`` and a two-pass variance
@@ -321,10 +337,11 @@ def mean_var(x: Tensor) -> tuple[Tensor, Tensor]:
         for row in x:
             torch.sub(row, mu, out=diff)
             acc.addcmul_(diff, diff)
-        return mu, acc.div_(max(n - 1, 1))
+        acc.div_(max(n - 1, 1))
+        return mu, (acc.sqrt_() if std else acc)
     mu, var = torch.empty(d, dtype=x.dtype), torch.empty(d, dtype=x.dtype)
     _over_columns(n, d, lambda s, e, _: lib.mean_var_f32(x.data_ptr(), n, x.stride(0), s, e,
-                                                         mu.data_ptr(), var.data_ptr()))
+                                                         mu.data_ptr(), var.data_ptr(), int(std)))
     return mu, var
 
 

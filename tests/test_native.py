@@ -48,6 +48,22 @@ def test_gram_matches_float64(n, d, threads, monkeypatch):
     torch.testing.assert_close(g, ref, rtol=1e-6, atol=1e-6 * d)
 
 
+@pytest.mark.parametrize("n,d", SHAPES)
+def test_centered_gram_matches_float64(n, d, threads, monkeypatch):
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1)
+    x, z = _strided(n, d) + 3.0, torch.randn(d) + 3.0
+    g = native.gram(x, z)
+    y = x.double() - z.double()
+    assert torch.equal(g, g.T)
+    # within the rounding bound the Gram-space CClip relies on
+    scale = y.norm(dim=1)[:, None] * y.norm(dim=1)[None, :]
+    assert bool(((g - y @ y.T).abs() <= native.gram_rounding() * scale + 1e-12).all())
+    with monkeypatch.context() as m:
+        m.setitem(native._state, "lib", None)
+        assert native.gram_rounding() is None
+        torch.testing.assert_close(native.gram(x, z), g, rtol=1e-5, atol=1e-4)
+
+
 def test_gram_of_a_huge_entry_overflows_like_float32():
     x = torch.ones(3, 5000)
     x[1, 7] = 1e20  # its square overflows float32: the caller's float64 fallback takes over
@@ -88,6 +104,10 @@ def test_mean_var_matches_torch(n, d, threads, monkeypatch):
     ref_var = x.double().var(0) if n > 1 else torch.zeros(d, dtype=torch.float64)
     torch.testing.assert_close(mu.double(), x.double().mean(0), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(var.double(), ref_var, rtol=1e-5, atol=1e-5)
+    mu2, std = native.mean_var(x, std=True)
+    assert torch.equal(mu2, mu)
+    # the kernel's square root is correctly rounded (torch.sqrt may differ by one ulp)
+    torch.testing.assert_close(std.double(), var.double().sqrt(), rtol=1e-7, atol=0)
 
 
 GROUPS = [

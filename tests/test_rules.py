@@ -224,6 +224,45 @@ def test_centered_clip_by_hand():
     assert close(R.centered_clip(x, torch.zeros(2), tau=100.0, iters=1), [1, 4 / 3])
 
 
+@pytest.mark.parametrize("n,d,spread,iters", [(10, 5000, 1.0, 3), (16, 3001, 3.0, 2),
+                                               (2, 100, 10.0, 5), (5, 20000, 0.1, 3)])
+def test_cclip_on_coefficients_equals_cclip_on_rows(n, d, spread, iters):
+    """Few rows: the iterations run on the centered Gram matrix (one pass over x); they must
+    give the iterations over the rows, clipping the same rows."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, d, generator=g) * spread + 0.5
+    v = torch.randn(d, generator=g) * 0.1
+    tau = float(spread) * math.sqrt(d) * 0.4  # rows clipped in every iteration
+    fast = R._centered_clip_gram(x, v, tau, iters)
+    assert fast is not None
+    old = R._CCLIP_GRAM_MAX_N
+    try:
+        R._CCLIP_GRAM_MAX_N = 0
+        slow = R._centered_clip(x, v, tau, iters)
+    finally:
+        R._CCLIP_GRAM_MAX_N = old
+    assert fast[1] == slow[1] and 0 < fast[1] <= n
+    torch.testing.assert_close(fast[0], slow[0], rtol=1e-5, atol=1e-5 * spread)
+
+
+def test_cclip_on_coefficients_declines_what_it_cannot_resolve(monkeypatch):
+    x = torch.randn(4, 1000)
+    v = torch.zeros(1000)
+    assert R._centered_clip_gram(x, v, 10.0, 3) is not None
+    assert R._centered_clip_gram(x.double(), v.double(), 10.0, 3) is None  # no kernel
+    with monkeypatch.context() as m:
+        # a Gram matrix this coarse could move the clipping weights by more than 1e-4
+        m.setattr(R.native, "gram_rounding", lambda: 1e-3)
+        assert R._centered_clip_gram(x, v, 10.0, 3) is None
+    bad = x.clone()
+    bad[1, 3] = float("inf")
+    assert R._centered_clip_gram(bad, v, 10.0, 3) is None
+    # ... and the rule then iterates over the rows
+    out = R.centered_clip(bad, v, tau=10.0, iters=3)
+    monkeypatch.setattr(R, "_CCLIP_GRAM_MAX_N", 0)
+    assert torch.equal(out, R.centered_clip(bad, v, tau=10.0, iters=3))
+
+
 def test_cclip_state_carried_across_calls():
     x = T([[3, 4], [0, 0], [0, 0]])
     rule = R.make_rule("cclip", 3, 0, tau=1.0, iters=1)

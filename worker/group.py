@@ -179,10 +179,18 @@ class WorkerGroup:
         else:
             msgs = self.momenta
             if len(rows):
-                self._lent = (rows, take_rows(self.momenta, rows))
+                # rows skipped above hold zero momenta: nothing to save, zeros to put back
+                self._lent = (rows, take_rows(self.momenta, rows) if h == self.k else None)
         if len(rows) and not self.attack.omniscient:
-            put_rows(msgs, rows, self.craft(take_rows(msgs, rows), None, t, rows))
+            put_rows(msgs, rows, self.craft(self.own_rows(msgs, rows), None, t, rows))
         return msgs
+
+    def own_rows(self, msgs: Tensor, rows: Tensor) -> Tensor:
+        """The Byzantine rows' own messages, for :meth:`craft`: a copy, or a (b, d) view of one
+        row when the attack never reads them (``Attack.reads_own`` False: no gather)."""
+        if self.attack.reads_own:
+            return take_rows(msgs, rows)
+        return msgs[int(rows[0])].expand(len(rows), -1)
 
     def _rows_to_compute(self, byz: Tensor) -> int:
         """How many leading rows need their honest gradient this round: all k, except when the
@@ -200,7 +208,11 @@ class WorkerGroup:
         """Put back the Byzantine workers' momenta that the last messages lent out."""
         if self._lent is not None:
             rows, saved = self._lent
-            put_rows(self.momenta, rows, saved)
+            if saved is None:
+                for r in rows.tolist():
+                    self.momenta[r].zero_()
+            else:
+                put_rows(self.momenta, rows, saved)
             self._lent = None
 
     def craft(self, own: Tensor, honest: Tensor | None, t: int, local_rows: Tensor) -> Tensor:
