@@ -91,9 +91,13 @@ class AttackInput:
 # --------------------------------------------------------------------------------------------
 
 
-def _repeat_rows(vec: Tensor, b: int, like: Tensor) -> Tensor:
-    """b identical rows equal to ``vec`` (a fresh contiguous tensor on ``like``'s device/dtype)."""
-    return vec.to(device=like.device, dtype=like.dtype).unsqueeze(0).repeat(b, 1)
+def _repeat_rows(vec: Tensor, b: int, like: Tensor, out: Tensor | None = None) -> Tensor:
+    """b identical rows equal to ``vec``: written into ``out`` if given, else a fresh contiguous
+    tensor on ``like``'s device/dtype."""
+    vec = vec.to(device=like.device, dtype=like.dtype)
+    if out is None:
+        return vec.unsqueeze(0).repeat(b, 1)
+    return out.copy_(vec.expand(b, -1))
 
 
 def negate(own: Tensor) -> Tensor:
@@ -304,15 +308,18 @@ class Attack:
         return y
 
     # -- message level -------------------------------------------------------------------
-    def craft(self, inp: AttackInput) -> Tensor:
-        """(b, d) messages the Byzantine workers send."""
+    def craft(self, inp: AttackInput, out: Tensor | None = None) -> Tensor:
+        """(b, d) messages the Byzantine workers send: a fresh tensor, or written into ``out``
+        (a (b, d) tensor, e.g. the rows of the stack they go to: one copy less) and returned."""
         self.info = {}
         own = self._check_own(inp)
         if own.shape[0] == 0:
             return own.new_empty((0, own.shape[1]))
-        return self._craft(inp, own)
+        res = self._craft(inp, own, out)
+        return res if out is None or res is out else out.copy_(res)
 
-    def _craft(self, inp: AttackInput, own: Tensor) -> Tensor:
+    def _craft(self, inp: AttackInput, own: Tensor, out: Tensor | None) -> Tensor:
+        """The messages (fresh, or ``out`` written; :meth:`craft` copies other results there)."""
         return own.clone()
 
     def _check_own(self, inp: AttackInput) -> Tensor:
@@ -357,7 +364,7 @@ class BitFlip(Attack):
 
     name = "bitflip"
 
-    def _craft(self, inp: AttackInput, own: Tensor) -> Tensor:
+    def _craft(self, inp: AttackInput, own: Tensor, out: Tensor | None) -> Tensor:
         return negate(own)
 
 
@@ -395,7 +402,7 @@ class Gaussian(Attack):
     def _setup(self, std: Any) -> None:
         self.std = _as_float(self.name, "std", std, min_value=0.0)
 
-    def _craft(self, inp: AttackInput, own: Tensor) -> Tensor:
+    def _craft(self, inp: AttackInput, own: Tensor, out: Tensor | None) -> Tensor:
         b, d = own.shape
         return gaussian_rows(b, d, self.std, inp.generator, device=own.device, dtype=own.dtype)
 
@@ -413,8 +420,8 @@ class NormalizedMean(Attack):
     reads_own = False
     omniscient = True
 
-    def _craft(self, inp: AttackInput, own: Tensor) -> Tensor:
-        return _repeat_rows(nm_vector(self._honest(inp)), own.shape[0], own)
+    def _craft(self, inp: AttackInput, own: Tensor, out: Tensor | None) -> Tensor:
+        return _repeat_rows(nm_vector(self._honest(inp)), own.shape[0], own, out)
 
 
 class ALIE(Attack):
@@ -441,11 +448,11 @@ class ALIE(Attack):
     def current_z(self, n: int) -> float:
         return self.z if self.z is not None else alie_z(n, self.f)
 
-    def _craft(self, inp: AttackInput, own: Tensor) -> Tensor:
+    def _craft(self, inp: AttackInput, own: Tensor, out: Tensor | None) -> Tensor:
         honest = self._honest(inp)
         z = self.current_z(inp.n)
         self.info = {"z": float(z)}
-        return _repeat_rows(alie_vector(honest, z), own.shape[0], own)
+        return _repeat_rows(alie_vector(honest, z), own.shape[0], own, out)
 
 
 class IPM(Attack):
@@ -463,8 +470,8 @@ class IPM(Attack):
     def _setup(self, eps: Any) -> None:
         self.eps = _as_float(self.name, "eps", eps)
 
-    def _craft(self, inp: AttackInput, own: Tensor) -> Tensor:
-        return _repeat_rows(ipm_vector(self._honest(inp), self.eps), own.shape[0], own)
+    def _craft(self, inp: AttackInput, own: Tensor, out: Tensor | None) -> Tensor:
+        return _repeat_rows(ipm_vector(self._honest(inp), self.eps), own.shape[0], own, out)
 
 
 class Mimic(Attack):
@@ -529,7 +536,7 @@ class Mimic(Attack):
             self.mu, self.z = mu, z
         self.target = mimic_pick(x, self.z)
 
-    def craft(self, inp: AttackInput) -> Tensor:
+    def craft(self, inp: AttackInput, out: Tensor | None = None) -> Tensor:
         self.info = {}
         own = self._check_own(inp)
         b, d = own.shape
@@ -545,7 +552,7 @@ class Mimic(Attack):
         self.info = {"target": int(self.target)}
         if b == 0:
             return own.new_empty((0, d))
-        return _repeat_rows(honest[self.target], b, own)
+        return _repeat_rows(honest[self.target], b, own, out)
 
     def state_dict(self) -> dict:
         return {
@@ -606,7 +613,7 @@ class Backdoor(Attack):
     def poison_labels(self, y: Tensor) -> Tensor:
         return backdoor_labels(y, self.source, self.target)
 
-    def _craft(self, inp: AttackInput, own: Tensor) -> Tensor:
+    def _craft(self, inp: AttackInput, own: Tensor, out: Tensor | None) -> Tensor:
         return own * self.scale
 
 
@@ -618,7 +625,7 @@ class ReverseVote(Attack):
 
     name = "reverse"
 
-    def _craft(self, inp: AttackInput, own: Tensor) -> Tensor:
+    def _craft(self, inp: AttackInput, own: Tensor, out: Tensor | None) -> Tensor:
         return reverse_votes(own)
 
 
@@ -627,7 +634,7 @@ class DirectionalVote(Attack):
 
     name = "directional"
 
-    def _craft(self, inp: AttackInput, own: Tensor) -> Tensor:
+    def _craft(self, inp: AttackInput, own: Tensor, out: Tensor | None) -> Tensor:
         b, d = own.shape
         return directional_votes(b, d, device=own.device, dtype=own.dtype)
 
@@ -638,7 +645,7 @@ class RandomVote(Attack):
     name = "random"
     per_worker_random = True
 
-    def _craft(self, inp: AttackInput, own: Tensor) -> Tensor:
+    def _craft(self, inp: AttackInput, own: Tensor, out: Tensor | None) -> Tensor:
         b, d = own.shape
         return random_votes(b, d, inp.generator, device=own.device, dtype=own.dtype)
 

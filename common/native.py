@@ -1,10 +1,11 @@
 """Native CPU kernels for the heaviest steps of the rules, pre-aggregators and attacks, with torch
 fallbacks.
 
-- :func:`gram`: ``x x^T`` (distances for Krum, Multi-Krum, Bulyan, NNM);
+- :func:`gram`: ``x x^T`` (distances for Krum, Multi-Krum, Bulyan, NNM), or the centered
+  ``(x - z)(x - z)^T`` (CClip's iterations for few rows, with :func:`gram_rounding`);
 - :func:`sq_distances_to`: every row's squared distance to one point (CClip, RFA);
 - :func:`weighted_sum_and_sq_distances`: one CClip/Weiszfeld step and the next distances;
-- :func:`mean_var`: column means and variances (ALIE);
+- :func:`mean_var`: column means and variances or standard deviations (ALIE);
 - :func:`group_means`: means of groups of rows (bucketing, resampling, NNM's averages);
 - :func:`network_reduce`: a sorting network per column (median, trimmed mean, Bulyan).
 
@@ -12,12 +13,13 @@ They run the C kernels of ``common/kernels.c`` for float32 CPU tensors whose row
 contiguous, and torch everywhere else (CUDA, other dtypes, machines without a C compiler).
 torch's generic kernels run these shapes (n << d) far below what the CPU can do; measured at
 (25, 1e6) on one thread of the project machine (``python bench/rules.py``), before -> after:
-the Gram matrix 32 -> 10 ms, the mixing product 26 -> 17 ms, the distances to a point
-8 -> 3.6 ms, the sorting network for the median 45 -> 15 ms (a memory pass: 4 ms); every rule
-before and after in bench/README.md.
+the Gram matrix 32 -> 8 ms, NNM's averages 26 -> 6 ms (the mixing product W @ x before; now
+rows shared by the neighbourhoods are summed once), the distances to a point 8 -> 3.6 ms, the
+sorting network for the median 45 -> 15 ms (a memory pass: 4 ms); every rule before and after
+in bench/README.md.
 
 The C file is compiled on first use with ``$CC`` (else ``cc``, ``gcc`` or ``clang``) and
-``-O3 -march=native`` (about 1 s) into a cache directory, one library per source, compiler,
+``-O3 -march=native -fno-math-errno`` (about 1 s; the last flag lets square roots vectorise) into a cache directory, one library per source, compiler,
 flags and CPU, so a home directory shared by a heterogeneous cluster holds one build per kind
 of node (if that directory is not writable, the temporary directory). If building fails, one
 warning says why and torch runs instead. The work is split over

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["take_rows", "put_rows"]
+__all__ = ["take_rows", "put_rows", "row_block"]
 
 
 def take_rows(x: Tensor, rows: Tensor) -> Tensor:
@@ -21,3 +21,12 @@ def put_rows(x: Tensor, rows: Tensor, values: Tensor) -> None:
     """``x[rows[j]] = values[j]`` for every j, in place."""
     for j, r in enumerate(rows.tolist()):
         x[r].copy_(values[j])
+
+
+def row_block(x: Tensor, rows: Tensor) -> Tensor | None:
+    """``x[rows]`` as a view when ``rows`` are consecutive and ascending (the Byzantine rows of
+    the fixed schedule: values can be written there directly), else None."""
+    r = rows.tolist()
+    if not r or r != list(range(r[0], r[0] + len(r))):
+        return None
+    return x[r[0]:r[0] + len(r)]

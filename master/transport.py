@@ -71,7 +71,7 @@ class InProcessTransport(Transport):
             # The fixed schedule's honest rows are the first n - f: pass a view, not a copy.
             honest = (msgs[:h] if not bool(mask[:h].any())
                       else take_rows(msgs, (~mask).nonzero().flatten()))
-            put_rows(msgs, rows, group.craft(group.own_rows(msgs, rows), honest, t, rows))
+            group.attack_rows(msgs, rows, honest, t)
         if byz.any() and group.attack.info:
             info["attack"] = group.attack.info
         if self.cfg.protocol == "sign":  # bytes each node put on the wire (packed votes)

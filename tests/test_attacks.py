@@ -339,6 +339,25 @@ def test_b_zero(name):
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_craft_into_given_rows_equals_a_fresh_craft(name):
+    fresh = make_attack(name, 5, 2, 10).craft(inp(OWN.clone(), HONEST3.clone(), seed=3))
+    out = torch.full_like(OWN, 7.0)
+    got = make_attack(name, 5, 2, 10).craft(inp(OWN.clone(), HONEST3.clone(), seed=3), out)
+    assert got is out and torch.equal(out, fresh)
+
+
+def test_consecutive_rows_are_a_writable_block():
+    from common.rows import row_block
+
+    x = torch.arange(12.0).view(6, 2)
+    assert torch.equal(row_block(x, torch.tensor([3, 4, 5])), x[3:6])
+    row_block(x, torch.tensor([4, 5])).fill_(0)
+    assert x[4:].eq(0).all() and x[:4].ne(0).any()
+    for rows in ([], [1, 3], [4, 3]):
+        assert row_block(x, torch.tensor(rows, dtype=torch.long)) is None
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_no_in_place_and_shape(name):
     a = make_attack(name, 5, 2, 10)
     own, honest = OWN.clone(), HONEST3.clone()

@@ -24,7 +24,7 @@ from common.config import Config
 from common.errors import ConfigError
 from common.partition import pad_shards, sample_batches
 from common.problem import Problem
-from common.rows import put_rows, take_rows
+from common.rows import put_rows, row_block, take_rows
 from common.seeding import round_generator
 from worker.backdoor import BackdoorSampler
 from worker.linear_grads import linear_layers, per_worker_gradients
@@ -182,8 +182,16 @@ class WorkerGroup:
                 # rows skipped above hold zero momenta: nothing to save, zeros to put back
                 self._lent = (rows, take_rows(self.momenta, rows) if h == self.k else None)
         if len(rows) and not self.attack.omniscient:
-            put_rows(msgs, rows, self.craft(self.own_rows(msgs, rows), None, t, rows))
+            self.attack_rows(msgs, rows, None, t)
         return msgs
+
+    def attack_rows(self, msgs: Tensor, rows: Tensor, honest: Tensor | None, t: int) -> None:
+        """Replace the Byzantine rows ``rows`` of ``msgs`` by their attacked messages (written in
+        place when the rows are consecutive)."""
+        block = row_block(msgs, rows)
+        crafted = self.craft(self.own_rows(msgs, rows), honest, t, rows, out=block)
+        if block is None:
+            put_rows(msgs, rows, crafted)
 
     def own_rows(self, msgs: Tensor, rows: Tensor) -> Tensor:
         """The Byzantine rows' own messages, for :meth:`craft`: a copy, or a (b, d) view of one
@@ -215,8 +223,10 @@ class WorkerGroup:
                 put_rows(self.momenta, rows, saved)
             self._lent = None
 
-    def craft(self, own: Tensor, honest: Tensor | None, t: int, local_rows: Tensor) -> Tensor:
-        """Attacked messages of the group's Byzantine workers ``local_rows`` (own: their momenta)."""
+    def craft(self, own: Tensor, honest: Tensor | None, t: int, local_rows: Tensor,
+              out: Tensor | None = None) -> Tensor:
+        """Attacked messages of the group's Byzantine workers ``local_rows`` (own: their
+        momenta); written into ``out`` if given (see :meth:`Attack.craft`)."""
         seed = self.cfg.run_seed
         if getattr(self.attack, "per_worker_random", False):
             # One generator per worker keeps random attacks independent of how workers are grouped.
@@ -225,10 +235,11 @@ class WorkerGroup:
                                                   generator=round_generator(seed, t, "attack",
                                                                             self.ids.start + int(r))))
                     for j, r in enumerate(local_rows.tolist())]
-            return torch.cat(rows).to(own.device)
+            crafted = torch.cat(rows).to(own.device)
+            return crafted if out is None else out.copy_(crafted)
         inp = AttackInput(own=own, honest=honest, n=self.cfg.num_workers, round=t,
                           generator=round_generator(seed, t, "attack"))
-        return self.attack.craft(inp).to(own.device)
+        return self.attack.craft(inp, out).to(own.device)
 
     def _add_upload_noise(self, msgs: Tensor, t: int, honest: Tensor) -> None:
         """Noisy median (Chen et al.): honest workers add N(0, sigma^2 I) before upload."""

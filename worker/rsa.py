@@ -81,12 +81,13 @@ class RSAGroup(WorkerGroup):
             put_rows(msgs, rows, self.craft(take_rows(msgs, rows), None, t, rows))
         return msgs
 
-    def craft(self, own: Tensor, honest: Tensor | None, t: int, local_rows: Tensor) -> Tensor:
+    def craft(self, own: Tensor, honest: Tensor | None, t: int, local_rows: Tensor,
+              out: Tensor | None = None) -> Tensor:
         """Attacked uploads ``theta_M + craft(theta_j - theta_M)`` (attacks act on displacements)."""
         c = self.center
         moved = super().craft(own - c, None if honest is None else honest.to(c.device) - c,
                               t, local_rows)
-        return moved + c
+        return moved + c if out is None else torch.add(moved, c, out=out)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "thetas": self.thetas.cpu()}
