@@ -146,20 +146,15 @@ typedef void tile_fn(const float *const *a, const float *const *b, const float *
             }                                                                                  \
     }
 
-/* Tiles of up to GB rows (GC when centered: the vector of z takes a register too). */
+/* Tiles of up to GB rows (GC when centered: the vector of z takes a register too): off the
+ * diagonal G x 1 .. G x 3, on it 1 x 1 .. 3 x 3. */
 #define GC (REGS >= 32 ? 4 : 3)
-TILE(tile_1, GB, 1, 0, 0)
-TILE(tile_2, GB, 2, 0, 0)
-TILE(tile_3, GB, 3, 0, 0)
-TILE(diag_1, 1, 1, 1, 0)
-TILE(diag_2, 2, 2, 1, 0)
-TILE(diag_3, 3, 3, 1, 0)
-TILE(ctile_1, GC, 1, 0, 1)
-TILE(ctile_2, GC, 2, 0, 1)
-TILE(ctile_3, GC, 3, 0, 1)
-TILE(cdiag_1, 1, 1, 1, 1)
-TILE(cdiag_2, 2, 2, 1, 1)
-TILE(cdiag_3, 3, 3, 1, 1)
+#define TILES(OFF, DIAG, G, CENTER)                                                            \
+    TILE(OFF##_1, G, 1, 0, CENTER) TILE(OFF##_2, G, 2, 0, CENTER) TILE(OFF##_3, G, 3, 0, CENTER) \
+    TILE(DIAG##_1, 1, 1, 1, CENTER) TILE(DIAG##_2, 2, 2, 1, CENTER)                            \
+    TILE(DIAG##_3, 3, 3, 1, CENTER)
+TILES(tile, diag, GB, 0)
+TILES(ctile, cdiag, GC, 1)
 #if GB == 5
 TILE(tile_4, GB, 4, 0, 0)
 TILE(tile_5, GB, 5, 0, 0)

@@ -19,11 +19,12 @@ sorting network for the median 45 -> 15 ms (a memory pass: 4 ms); every rule bef
 in bench/README.md.
 
 The C file is compiled on first use with ``$CC`` (else ``cc``, ``gcc`` or ``clang``) and
-``-O3 -march=native -fno-math-errno`` (about 1 s; the last flag lets square roots vectorise) into a cache directory, one library per source, compiler,
-flags and CPU, so a home directory shared by a heterogeneous cluster holds one build per kind
-of node (if that directory is not writable, the temporary directory). If building fails, one
-warning says why and torch runs instead. The work is split over
-``torch.get_num_threads()`` threads by column ranges (ctypes releases the GIL).
+``-O3 -march=native -fno-math-errno`` (about 1 s; the last flag lets square roots vectorise)
+into a cache directory, one library per source, compiler, flags and CPU, so a home directory
+shared by a heterogeneous cluster holds one build per kind of node (if that directory is not
+writable, the temporary directory). If building fails, one warning says why and torch runs
+instead. The work is split over ``torch.get_num_threads()`` threads by column ranges (ctypes
+releases the GIL).
 
 Environment: ``BYZROBUST_NATIVE=0`` turns the kernels off; ``BYZROBUST_CFLAGS`` replaces the
 compiler flags; ``BYZROBUST_CACHE`` sets the cache directory (default
@@ -48,8 +49,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["gram", "gram_rounding", "sq_distances_to", "weighted_sum_and_sq_distances", "mean_var",
-           "group_means", "network_reduce", "library", "SOURCE"]
+__all__ = ["gram", "gram_rounding", "sq_distances_to", "weighted_sum_and_sq_distances",
+           "mean_var", "group_means", "network_reduce", "library", "SOURCE"]
 
 SOURCE = Path(__file__).with_name("kernels.c")
 DEFAULT_CFLAGS = "-O3 -march=native -fno-math-errno"
@@ -231,11 +232,11 @@ def gram(x: Tensor, z: Tensor | None = None) -> Tensor:
     return upper + torch.triu(g, diagonal=1).T
 
 
-def gram_rounding() -> float | None:
-    """A bound on ``|error of G_ij| / (||y_i|| ||y_j||)`` for the kernel's centered Gram matrix
-    (:func:`gram` with z): each vector lane sums at most chunk / width float32 products before
-    the float64 sum, plus the rounding of y = x - z. None where the kernel does not run."""
-    lib = library()
+def gram_rounding(x: Tensor, z: Tensor) -> float | None:
+    """A bound on ``|error of G_ij| / (||y_i|| ||y_j||)`` for ``gram(x, z)`` by the kernel: each
+    vector lane sums at most chunk / width float32 products before the float64 sum, plus the
+    rounding of y = x - z. None where the kernel does not run on x and z."""
+    lib = library() if _native_ok(x) and _native_ok(z[None]) else None
     if lib is None:
         return None
     return 2.0 ** -24 * (_CENTERED_CHUNK // lib.vector_width() + 3)

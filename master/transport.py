@@ -12,7 +12,7 @@ from torch import Tensor
 from common.attacks import make_attack
 from common.config import Config, attack_params
 from common.problem import Problem
-from common.rows import put_rows, take_rows
+from common.rows import take_rows
 from master.messages import OK
 from worker.group import make_worker_group
 

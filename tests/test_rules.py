@@ -252,7 +252,7 @@ def test_cclip_on_coefficients_declines_what_it_cannot_resolve(monkeypatch):
     assert R._centered_clip_gram(x.double(), v.double(), 10.0, 3) is None  # no kernel
     with monkeypatch.context() as m:
         # a Gram matrix this coarse could move the clipping weights by more than 1e-4
-        m.setattr(R.native, "gram_rounding", lambda: 1e-3)
+        m.setattr(R.native, "gram_rounding", lambda x, z: 1e-3)
         assert R._centered_clip_gram(x, v, 10.0, 3) is None
     bad = x.clone()
     bad[1, 3] = float("inf")
