@@ -298,8 +298,50 @@ void wsum_sqdist_f32(const float *x, long n, long ld, const float *w, float alph
  * n = 1) for k in [k0, k1) (ALIE): the two-pass formula, reading x from memory once. Each pass
  * sweeps the chunk row by row (one memory stream at a time; walking down a column across n
  * rows measured 1.6x slower at n = 80), summing in row order. */
+#define VROWS 20 /* up to this many rows, one vector of each row is held while both sums run */
+
+/* mean_var_f32 for n <= VROWS: each column vector of all rows is read once and both passes run
+ * on the held values (the same sums in the same order: 0.44 -> 0.34 ms over 16 rows of 2e5;
+ * beyond ~20 rows the chunked passes below are faster). */
+static void mean_var_held(const float *x, long n, long ld, long k0, long k1, float *mean,
+                          float *var, int std) {
+    float cnt = (float)n, cnt1 = n > 1 ? (float)(n - 1) : 1.0f;
+    long kv = k0 + (k1 - k0) / W * W;
+    for (long k = k0; k < kv; k += W) {
+        vf r[VROWS], t = r[0] = load(x + k), q = (vf){0};
+        for (long i = 1; i < n; ++i) {
+            r[i] = load(x + i * ld + k);
+            t += r[i];
+        }
+        vf m = t / cnt;
+        for (long i = 0; i < n; ++i) {
+            vf u = r[i] - m;
+            q += u * u;
+        }
+        store(mean + k, m);
+        store(var + k, q / cnt1);
+    }
+    for (long k = kv; k < k1; ++k) {
+        float t = x[k], q = 0;
+        for (long i = 1; i < n; ++i) t += x[i * ld + k];
+        float m = t / cnt;
+        for (long i = 0; i < n; ++i) {
+            float u = x[i * ld + k] - m;
+            q += u * u;
+        }
+        mean[k] = m;
+        var[k] = q / cnt1;
+    }
+    if (std)
+        for (long k = k0; k < k1; ++k) var[k] = __builtin_sqrtf(var[k]);
+}
+
 void mean_var_f32(const float *x, long n, long ld, long k0, long k1, float *mean, float *var,
                   int std) {
+    if (n <= VROWS) {
+        mean_var_held(x, n, ld, k0, k1, mean, var, std);
+        return;
+    }
     float cnt = (float)n, cnt1 = n > 1 ? (float)(n - 1) : 1.0f; /* n = 1: q = 0, var 0 */
     for (long kc = k0; kc < k1; kc += VCHUNK) {
         long ke = kc + VCHUNK < k1 ? kc + VCHUNK : k1, kv = kc + (ke - kc) / W * W;

@@ -163,9 +163,9 @@ class WorkerGroup:
         lent out and put back at the next :meth:`compute` or :meth:`state_dict`. (Under
         ``nmedian`` the honest rows get upload noise, so the messages are a copy.)
         """
-        self._restore_lent()
-        x, y = self.round_batches(t, byz)
         h = self._rows_to_compute(byz)
+        self._restore_lent(zero=h == self.k)
+        x, y = self.round_batches(t, byz)
         losses = torch.full((self.k - h,), math.nan)  # the skipped workers have no loss
         if h > 0:
             self._grads_into(params, x[:h], y[:h], self.momenta[:h], self.cfg.momentum,
@@ -212,15 +212,19 @@ class WorkerGroup:
             return self.k
         return h
 
-    def _restore_lent(self) -> None:
-        """Put back the Byzantine workers' momenta that the last messages lent out."""
+    def _restore_lent(self, zero: bool = True) -> None:
+        """Put back the Byzantine workers' momenta that the last messages lent out. Rows that
+        were skipped (nothing saved) become zero again, unless ``zero`` is False: then they are
+        skipped again this round and nobody reads them before the attack overwrites them."""
         if self._lent is not None:
             rows, saved = self._lent
-            if saved is None:
+            if saved is not None:
+                put_rows(self.momenta, rows, saved)
+            elif not zero:
+                return
+            else:
                 for r in rows.tolist():
                     self.momenta[r].zero_()
-            else:
-                put_rows(self.momenta, rows, saved)
             self._lent = None
 
     def craft(self, own: Tensor, honest: Tensor | None, t: int, local_rows: Tensor,
