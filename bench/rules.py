@@ -20,7 +20,7 @@ numerically where their definitions match:
 - nnm: same definition (n-f nearest, itself included); ByzFL ranks by cdist.
 The pre-aggregator rows time the server's stages (``make_chain``), which write into an output
 buffer kept from round to round; ``nnm(fresh output)`` is the pure function ``preagg.nnm``,
-which allocates its (n, d) output on every call (fresh pages: about 8 ms per 100 MB here).
+which allocates its (n, d) output on every call (fresh pages: about 10 ms per 100 MB here).
 - trmean: same definition (b = f).
 ByzFL 0.0.11 has no Bulyan, sign majority or resampling; those rows have no ByzFL column.
 ``NAME+compile`` rows (n <= 32): the sorting network as one compiled kernel (``--compile-rules``);
