@@ -142,7 +142,7 @@ def _finish_distances(sq: Tensor, x: Tensor, z: Tensor) -> Tensor:
     if bool(bad.any()):
         for i in torch.nonzero(bad).flatten().tolist():
             dist[i] = _safe_norm(x[i] - z)
-        dist = torch.nan_to_num(dist, nan=math.inf)
+        dist = torch.nan_to_num(dist, nan=math.inf, posinf=math.inf)  # not float max
     return dist
 
 

@@ -263,6 +263,22 @@ def test_cclip_on_coefficients_declines_what_it_cannot_resolve(monkeypatch):
     assert torch.equal(out, R.centered_clip(bad, v, tau=10.0, iters=3))
 
 
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_a_nonfinite_row_gets_zero_weight_in_cclip_and_rfa(value):
+    """Its distance is +inf (not float32's largest number), so its weight is exactly zero:
+    in CClip it moves the center by nothing (a row at the center), RFA drops it."""
+    x = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0))
+    bad = x.clone()
+    bad[1, 3] = value
+    out = R.centered_clip(bad, torch.zeros(1000), tau=10.0, iters=3)
+    v, good = torch.zeros(1000, dtype=torch.float64), x[[0, 2, 3]].double()
+    for _ in range(3):
+        scale = (10.0 / (good - v).norm(dim=1)).clamp(max=1.0)
+        v = v + (scale[:, None] * (good - v)).sum(0) / 4
+    torch.testing.assert_close(out.double(), v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(R.geometric_median(bad), R.geometric_median(x[[0, 2, 3]]))
+
+
 def test_cclip_state_carried_across_calls():
     x = T([[3, 4], [0, 0], [0, 0]])
     rule = R.make_rule("cclip", 3, 0, tau=1.0, iters=1)
