@@ -36,7 +36,6 @@ from common.bitpack import pack_signs, pack_ternary, packed_nbytes, sum_votes
 from common.coding import make_code, node_votes
 from common.config import Config
 from common.problem import Problem
-from common.rows import put_rows, take_rows
 from common.seeding import round_generator
 from worker.group import WorkerGroup
 
@@ -184,7 +183,7 @@ class CodedGroup(WorkerGroup):
                     v[j] = torch.where(zero, coin, v[j])
         if byz.any():
             rows = byz.nonzero().flatten()
-            put_rows(v, rows, self.craft(take_rows(v, rows), None, t, rows))
+            self.attack_rows(v, rows, None, t)
         return v
 
     def compute(self, params: Tensor, t: int, byz: Tensor) -> Tensor:

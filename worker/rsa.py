@@ -29,7 +29,6 @@ from torch.func import grad_and_value, vmap
 from common.attacks import Attack
 from common.config import Config
 from common.problem import Problem
-from common.rows import put_rows, take_rows
 from common.schedule import learning_rate
 from worker.group import WorkerGroup
 
@@ -78,7 +77,7 @@ class RSAGroup(WorkerGroup):
         msgs = self.thetas.clone()
         if byz.any() and not self.attack.omniscient:
             rows = byz.nonzero().flatten()
-            put_rows(msgs, rows, self.craft(take_rows(msgs, rows), None, t, rows))
+            self.attack_rows(msgs, rows, None, t)
         return msgs
 
     def craft(self, own: Tensor, honest: Tensor | None, t: int, local_rows: Tensor,
