@@ -13,6 +13,9 @@ it deterministically. See hosts/README.md for clusters, GPUs and the threat mode
 """
 from __future__ import annotations
 
+import common.run.startup  # noqa: F401  (first: settings read when torch loads)
+
+# isort: split
 import json
 import os
 import signal
@@ -20,7 +23,22 @@ import socket
 import sys
 import traceback
 
-import common.startup  # noqa: F401  (first: settings read when torch loads)
+import numpy as np
+import torch
+
+from common.errors import ConfigError
+from common.run.cli import resolve_run
+from common.run.config import Config
+from common.run.problem import build_problem, configure_threads, resolve_device
+from master.trainer import Trainer
+
+try:  # importing mpi4py initialises MPI; main() reports a missing installation in one line
+    from mpi4py import MPI
+except ImportError:
+    MPI = None
+if MPI is not None:  # both sides import mpi4py themselves
+    from master.mpi_transport import MPITransport
+    from worker.mpi_worker import WorkerRank
 
 # Header of the start-up broadcast: [run?, exit code, length of the JSON config].
 RUN, EXIT = 1, 0
@@ -28,9 +46,6 @@ RUN, EXIT = 1, 0
 
 def _resolve(argv, size: int) -> tuple[int, int, dict | None, str, bool]:
     """Rank 0: (RUN/EXIT, exit code, config dict, run dir, resume?). Prints its own errors."""
-    from common.cli import resolve_run
-    from common.errors import ConfigError
-
     try:
         resolved = resolve_run(argv, "MPI_main.py")
     except ConfigError as e:
@@ -57,8 +72,6 @@ def _resolve(argv, size: int) -> tuple[int, int, dict | None, str, bool]:
 
 def _share_config(comm, rank: int, argv) -> tuple[int, dict | None, str, bool]:
     """Rank 0 resolves, everyone learns the verdict and the config (raw bytes, no pickle)."""
-    import numpy as np
-
     head = np.zeros(3, np.int64)
     cfg_dict, run_dir, resume = None, "", False
     if rank == 0:
@@ -79,12 +92,6 @@ def _share_config(comm, rank: int, argv) -> tuple[int, dict | None, str, bool]:
 
 def _setup(comm, rank: int, cfg_dict: dict):
     """Device, threads, problem, and this rank's role object; raises on bad config or data."""
-    import torch
-    from mpi4py import MPI
-
-    from common.config import Config
-    from common.problem import build_problem, configure_threads, resolve_device
-
     cfg = Config.from_dict(cfg_dict)
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     local_rank, local_size = local.Get_rank(), local.Get_size()
@@ -99,25 +106,15 @@ def _setup(comm, rank: int, cfg_dict: dict):
         torch.set_num_threads(max(1, min(torch.get_num_threads(), (cores or 1) // local_size)))
     problem = build_problem(cfg, device)
     if rank == 0:
-        from master.mpi_transport import MPITransport
-
         return cfg, device, problem, MPITransport(cfg, problem, device, comm)
-    from worker.mpi_worker import WorkerRank
-
     return cfg, device, problem, WorkerRank(cfg, problem, device, comm)
 
 
 def main(argv=None) -> int:
-    try:
-        from mpi4py import MPI
-    except ImportError:
+    if MPI is None:
         print("error: MPI_main.py needs mpi4py and an MPI library: pip install mpi4py mpich "
               "(or use python main.py)", file=sys.stderr)
         return 2
-    import numpy as np
-
-    from common.errors import ConfigError
-
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     if rank != 0:
@@ -153,8 +150,6 @@ def main(argv=None) -> int:
             sys.stderr.flush()
             comm.Abort(1)
         return 0
-
-    from master.trainer import Trainer
 
     try:
         summary = Trainer(cfg, problem, role, run_dir, device).run(resume=resume)

@@ -38,9 +38,9 @@ def child(dims: list[int], base_reps: int) -> None:
     from mpi4py import MPI
     from torch import nn
 
-    from common.config import Config
-    from common.flat import FlatParams
-    from common.problem import build_problem
+    from common.data.flat import FlatParams
+    from common.run.config import Config
+    from common.run.problem import build_problem
 
     torch.set_num_threads(1)
     comm = MPI.COMM_WORLD

@@ -25,17 +25,18 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import common.startup  # noqa: E402,F401  (before torch)
+import common.run.startup  # noqa: E402,F401  (before torch)
+
+# isort: split
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common.attacks import make_attack  # noqa: E402
-from common.config import Config  # noqa: E402
-from common.problem import build_problem  # noqa: E402
-from master.trainer import Trainer  # noqa: E402
-from master.transport import InProcessTransport  # noqa: E402
-from worker.group import FAST_PATH, WorkerGroup  # noqa: E402
-from worker.linear_grads import linear_layers  # noqa: E402
+from common.compute.linear_grads import linear_layers  # noqa: E402
+from common.compute.paths import FAST_PATH  # noqa: E402
+from common.run.config import Config  # noqa: E402
+from common.run.problem import build_problem  # noqa: E402
+from main import in_process_trainer  # noqa: E402
+from worker.group import make_worker_group  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -75,13 +76,12 @@ def floor_times(cfg: Config, problem, reps: int) -> tuple[float, float]:
 
 def round_time(cfg: Config, reps: int) -> tuple[float, float, float, str]:
     problem = build_problem(cfg)
-    transport = InProcessTransport(cfg, problem, CPU)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, problem, transport, tmp, CPU)
+        trainer = in_process_trainer(cfg, tmp, problem)
         t = iter(range(10**6))
         rt = median_time(lambda: trainer.round(next(t)), reps, warmup=2)
     single, loop = floor_times(cfg, problem, reps)
-    return rt, single, loop, transport.group.path
+    return rt, single, loop, trainer.transport.group.path
 
 
 def part_rounds(reps: int) -> None:
@@ -106,7 +106,7 @@ def part_rounds(reps: int) -> None:
 
 def part_paths(reps: int) -> None:
     print(f"\n== honest gradients of one group: linear vs vmap vs loop (Fashion-MNIST, b=32; "
-          f"{torch.get_num_threads()} thread(s), median of {reps}); FAST_PATH in worker/group.py")
+          f"{torch.get_num_threads()} thread(s), median of {reps}); FAST_PATH in common/compute/paths.py")
     print(f"{'model':<10}{'n':>5}{'linear ms':>11}{'vmap ms':>10}{'loop ms':>10}{'fastest':>9}"
           f"{'FAST_PATH':>11}")
     for model, n in (("softmax", 20), ("mlp", 20), ("mlp", 100), ("cnn", 25), ("resnet20", 4)):
@@ -117,7 +117,7 @@ def part_paths(reps: int) -> None:
             problem = build_problem(cfg)
             if path == "linear" and linear_layers(problem.model) is None:
                 continue
-            group = WorkerGroup(cfg, problem, range(n), make_attack("none", n, 0, 10), CPU)
+            group = make_worker_group(cfg, problem, range(n), CPU)
             x, y = group.batches(0)
             params = problem.init_params
             res[path] = median_time(lambda: group.gradients(params, x, y), reps)
@@ -130,10 +130,9 @@ _MEMORY_CHILD = r"""
 import resource, sys, tempfile, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads({threads})
-from common.config import Config
-from common.problem import build_problem
-from master.trainer import Trainer
-from master.transport import InProcessTransport
+from common.run.config import Config
+from common.run.problem import build_problem
+from main import in_process_trainer
 def rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 cfg = Config(dataset="fashionmnist", model="resnet18", num_workers={n}, num_byzantine={f},
@@ -142,9 +141,8 @@ cfg = Config(dataset="fashionmnist", model="resnet18", num_workers={n}, num_byza
 problem = build_problem(cfg)
 torch.zeros(1)
 base = rss()
-transport = InProcessTransport(cfg, problem, torch.device("cpu"))
 with tempfile.TemporaryDirectory() as tmp:
-    trainer = Trainer(cfg, problem, transport, tmp, torch.device("cpu"))
+    trainer = in_process_trainer(cfg, tmp, problem)
     trainer.round(0)
     trainer.round(1)
 print(problem.dim, base, rss())

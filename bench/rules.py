@@ -29,6 +29,7 @@ the line also gives the first call's time, which includes compiling.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import statistics
 import sys
@@ -36,10 +37,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import common.startup  # noqa: E402,F401  (before torch)
+import common.run.startup  # noqa: E402,F401  (before torch)
+
+# isort: split
 import torch  # noqa: E402
 
-from common import native, preagg, rules, sortnet  # noqa: E402
+from common.aggregation import native, preagg, rules, sortnet
 
 DEFAULT_SIZES = ((10, 2_000_000), (25, 1_000_000), (100, 100_000))
 
@@ -97,7 +100,7 @@ def ours(n: int, d: int, f: int) -> dict:
 
 def byzfl_impls(n: int, f: int) -> dict:
     try:
-        import byzfl
+        import byzfl  # noqa: PLC0415 - optional, bench-only dependency
     except ImportError:
         return {}
 
@@ -142,12 +145,9 @@ def agree(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> str:
 
 def run(sizes, reps: int, byz_reps: int, skip_byzfl: bool) -> None:
     try:
-        import byzfl  # noqa: F401
+        import byzfl  # noqa: PLC0415 - optional, bench-only dependency
         have_byzfl = not skip_byzfl
-        version = getattr(byzfl, "__version__", None)
-        if version is None:
-            from importlib.metadata import version as _v
-            version = _v("byzfl")
+        version = getattr(byzfl, "__version__", None) or importlib.metadata.version("byzfl")
     except ImportError:
         have_byzfl, version = False, None
     kernels = "on" if native.library() is not None else "off (BYZROBUST_NATIVE=0 or no compiler)"

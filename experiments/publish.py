@@ -17,7 +17,7 @@ FILES = ("report.md", "results.csv")
 
 def publish(exp_dir: str, dest_root: str = os.path.join("docs", "results")) -> list[str]:
     """Copy report.md, results.csv and every PNG of ``exp_dir``; returns the written paths."""
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 - matplotlib's dependency, needed here only
 
     exp_dir = os.path.normpath(exp_dir)
     if not os.path.isfile(os.path.join(exp_dir, "report.md")):

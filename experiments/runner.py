@@ -11,33 +11,37 @@ skipped (``--force`` reruns it), so an interrupted grid continues where it stopp
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import sys
 import time
 from typing import Sequence
 
 from common.errors import ConfigError
+from common.run.config import Config, validate
+from common.run.flags import parse_args
+from common.run.io import read_json
+from experiments import report
 from experiments.grids import ALL, Experiment, Run, get, menu
+from main import main as main_py
 
 
 def _same_config(out_dir: str, argv: list[str]) -> bool:
     """True if ``out_dir`` holds a finished run of exactly this command line."""
-    from common.config import Config, parse_args
-    from common.io import read_json
-
     path = os.path.join(out_dir, "summary.json")
     if not os.path.exists(path):
         return False
     try:
-        done = read_json(path)["config"]
-    except (OSError, ValueError, KeyError):
+        # A field added to Config after the run finished counts as its default, and an earlier
+        # version's flat parameters are read into their sections.
+        done_cfg = Config.from_dict(read_json(path)["config"])
+        validate(done_cfg)
+    except (OSError, ValueError, KeyError):   # ConfigError is a ValueError
         return False
+    done = done_cfg.to_dict()
     cfg, _ = parse_args(argv)
-    want = cfg.to_dict()
-    # A field added to Config after the run finished counts as its default; progress only
-    # changes the terminal output, not the run.
-    defaults = Config().to_dict()
-    return all(done.get(k, defaults[k]) == v for k, v in want.items() if k != "progress")
+    # progress only changes the terminal output, not the run
+    return all(done.get(k) == v for k, v in cfg.to_dict().items() if k != "progress")
 
 
 def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str]:
@@ -48,13 +52,11 @@ def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str]:
     try:
         if not force and _same_config(out_dir, argv):
             return name, "skipped", 0.0, "already done"
-        import main
-
         stale = os.path.join(out_dir, "summary.json")
         if os.path.exists(stale):
             # A rerun that gets interrupted must not leave the old summary next to new logs.
             os.remove(stale)
-        summary = main.main(argv)
+        summary = main_py(argv)
         acc = summary["final_test_accuracy"]
         return name, "ok", time.time() - t0, f"final {acc:.2f}%"
     except SystemExit as e:  # main's ConfigError handler exits with code 2 after printing
@@ -65,8 +67,6 @@ def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str]:
 
 def check(exp: Experiment, runs: list[Run], out_root: str) -> None:
     """Validate every run's command line before starting any (ConfigError on the first bad one)."""
-    from common.config import parse_args
-
     for r in runs:
         try:
             parse_args(r.argv(os.path.join(out_root, exp.name, r.name)))
@@ -78,8 +78,6 @@ def run_experiment(exp: Experiment, *, full: bool = False, jobs: int = 1, seeds:
                    rounds: int | None = None, force: bool = False, out_root: str = "outputs",
                    quiet: bool = False) -> str:
     """Run every configuration of ``exp`` and write its report; returns outputs/<experiment>."""
-    from common import report
-
     exp_dir = os.path.join(out_root, exp.name)
     runs = exp.runs(full=full, seeds=seeds, rounds=rounds)
     check(exp, runs, out_root)
@@ -93,8 +91,6 @@ def run_experiment(exp: Experiment, *, full: bool = False, jobs: int = 1, seeds:
         results = map(run_one, jobs_)
         pool = None
     else:
-        import multiprocessing as mp
-
         # spawn: never fork a process that may already hold torch's thread pools.
         pool = mp.get_context("spawn").Pool(jobs, maxtasksperchild=None)
         results = pool.imap_unordered(run_one, jobs_)

@@ -1,10 +1,11 @@
 """Rank 0's side of an MPI run: the :class:`~master.transport.Transport` that ``MPI_main.py``
 gives the same :class:`~master.trainer.Trainer` that ``main.py`` drives in-process.
 
-Each round: broadcast the header and the parameters, receive every worker rank's (k, d) rows
-straight into one preallocated (n, d) buffer (``Irecv`` of raw bytes of the exact expected
-size), then, for omniscient attacks, forward the honest rows to the crafting ranks and receive
-their Byzantine rows (protocol: :mod:`worker.mpi_worker`).
+Each round: broadcast the header and the parameters, receive every worker rank's message
+straight into the buffer the protocol's wire format gives it (``Irecv`` of raw bytes of the
+exact expected size; float32 rows land in one preallocated (n, d) buffer), then, for omniscient
+attacks, forward the usable honest rows (:func:`master.messages.usable_honest`) to the crafting
+ranks and receive their Byzantine rows (the commands: :mod:`common.wire.commands`).
 
 Workers are not trusted (hosts/README.md): nothing they send is unpickled; a message of the
 wrong size (a wrong dtype shows up as a wrong size) gives its rank's workers status
@@ -20,19 +21,40 @@ import time
 
 import numpy as np
 import torch
+from mpi4py import MPI
 from torch import Tensor
 
-from common.config import Config
-from common.finite import finite_rows
-from common.problem import Problem
-from master.messages import OK
+from common.attacks import make_attack
+from common.protocols import protocol_of
+from common.run.config import Config
+from common.run.problem import Problem
+from common.wire.codecs import decode_info, decode_state, encode_state
+from common.wire.commands import (
+    CMD_LOAD,
+    CMD_ROUND,
+    CMD_STARTUP,
+    CMD_STATE,
+    CMD_STOP,
+    DRAIN_BYTES,
+    HEADER,
+    INFO_BYTES,
+    KIND_ATTACK,
+    KIND_ATTACK_LEN,
+    KIND_CRAFT,
+    KIND_HONEST,
+    KIND_MSG,
+    KIND_STARTUP,
+    KIND_TENSOR,
+    KIND_TRAILER,
+    Backoff,
+    attack_ranks,
+    crafting_ranks,
+    rank_groups,
+    state_tensors,
+    tag,
+)
+from master.messages import OK, usable_honest
 from master.transport import RoundResult, Transport
-from worker.mpi_worker import (CMD_LOAD, CMD_ROUND, CMD_SAMPLES, CMD_STATE, CMD_STOP, HEADER,
-                               INFO_BYTES, KIND_SAMPLE_X, KIND_SAMPLE_Y,
-                               KIND_ATTACK, KIND_ATTACK_LEN, KIND_CRAFT, KIND_HONEST, KIND_MSG,
-                               KIND_TENSOR, KIND_TRAILER, Backoff, attack_ranks, crafting_ranks,
-                               decode_info, decode_state, encode_state, is_stateful, make_group,
-                               rank_groups, state_tensors, tag)
 
 WRONGSIZE = "wrongsize"
 TIMEOUT = "timeout"
@@ -40,7 +62,6 @@ TIMEOUT = "timeout"
 # workers' state: a slow rank that missed rounds is still worth waiting for when the
 # alternative is its workers' older state from the previous checkpoint (or zeros).
 STATE_PATIENCE = 10.0
-DRAIN_BYTES = 1 << 20      # stale messages are received into (at most) this much scratch
 DRAIN_PER_POLL = 64
 
 
@@ -48,36 +69,31 @@ class MPITransport(Transport):
     """Parameter-server side of the MPI protocol (rank 0 of ``comm``)."""
 
     def __init__(self, cfg: Config, problem: Problem, device: torch.device, comm) -> None:
-        from mpi4py import MPI
-
         self.MPI, self.comm = MPI, comm
         self.cfg, self.device, self.problem = cfg, device, problem
+        self.protocol = protocol_of(cfg)
         self.n, self.d = cfg.num_workers, problem.dim
         self.groups = rank_groups(self.n, comm.Get_size() - 1)
         self.timeout = cfg.round_timeout
         self.state_timeout = (STATE_PATIENCE * cfg.round_timeout if cfg.state_timeout is None
                               else cfg.state_timeout)
-        self.msg = np.zeros((self.n, self.d), np.float32)        # the round's (n, d) messages
-        self.msg_t = torch.from_numpy(self.msg)
-        self.wire = None
-        if cfg.protocol == "sign":  # election-coded signSGD: a rank sends its nodes' packed votes
-            from worker.coded import VoteWire, code_for
-
-            self.wire = VoteWire(code_for(cfg), self.d)
-            self.votes = [np.zeros(self.wire.payload_nbytes(g), np.uint8) for g in self.groups]
+        self.wire = self.protocol.wire(cfg, self.d)
+        self.receiver = self.wire.receiver(self.n, self.groups)
         self.trailers = [np.zeros(4 * len(g) + INFO_BYTES, np.uint8) for g in self.groups]
         self.header = np.zeros(HEADER + self.n, np.int64)
         self.scratch = np.empty(DRAIN_BYTES, np.uint8)
-        # A one-worker group on the CPU tells the schema of the workers' state (tensor names,
-        # per-worker shapes and dtypes, attack-state keys) without asking any worker.
-        schema = make_group(cfg, problem, range(0, 1), torch.device("cpu"))
-        self.attack = schema.attack
-        self.omniscient, self.stateful = self.attack.omniscient, is_stateful(self.attack)
-        state = schema.state_dict()
-        self.keys = state_tensors(state)
-        self.shapes = {k: (tuple(state[k].shape[1:]), state[k].numpy().dtype) for k in self.keys}
-        self.attack_keys = list(state["attack"])
-        self.fresh_attack_state = state["attack"]
+        # The schema of the workers' state (tensor names, per-worker shapes and dtypes, attack
+        # state keys) comes from the protocol and a fresh attack, without asking any worker.
+        self.attack = make_attack(cfg.attack, cfg.num_workers, cfg.num_byzantine,
+                                  problem.dataset.num_classes, **cfg.attack_params)
+        self.omniscient = self.attack.omniscient and self.wire.floating
+        self.stateful = self.attack.stateful
+        schema = self.protocol.state_schema(cfg, self.d)
+        self.keys = state_tensors(schema)
+        self.shapes = {k: (shape, torch.empty(0, dtype=dt).numpy().dtype)
+                       for k, (shape, dt) in schema.items()}
+        self.fresh_attack_state = self.attack.state_dict()
+        self.attack_keys = list(self.fresh_attack_state)
         self.attack_cap = 16 * self.d + 1024                    # float64 numbers, generous
         self.seq = 0
         self.pending: list[tuple[object, np.ndarray]] = []      # sends in flight + their buffers
@@ -196,10 +212,9 @@ class MPITransport(Transport):
         seq = self.seq + 1
         live = {tag(seq, KIND_MSG), tag(seq, KIND_TRAILER)}
         # Receives are posted before the broadcast so answers land directly in place.
-        bufs = self.votes if self.wire is not None else [self.msg[g.start:g.stop] for g in self.groups]
-        expect = {r: [self._irecv(bufs[r - 1], r, tag(seq, KIND_MSG)),
+        expect = {r: [self._irecv(self.receiver.buffer(r), r, tag(seq, KIND_MSG)),
                       self._irecv(self.trailers[r - 1], r, tag(seq, KIND_TRAILER))]
-                  for r, g in enumerate(self.groups, 1)}
+                  for r in range(1, len(self.groups) + 1)}
         self._command(CMD_ROUND, t, byz)
         p = params.detach().to("cpu", torch.float32).contiguous().numpy()
         self._wait(self.comm.Ibcast([p, self.MPI.FLOAT], root=0), live)
@@ -216,36 +231,23 @@ class MPITransport(Transport):
             losses[g.start:g.stop] = torch.from_numpy(tr[:4 * len(g)].view(np.float32).copy())
             if not info and not self.omniscient and byz[g.start:g.stop].any():
                 info = decode_info(tr[4 * len(g):]) or {}
+        checked = finite = None
         if self.omniscient and byz.any():
-            info = self._craft_round(seq, byz, status)
+            info, checked, finite = self._craft_round(seq, byz, status)
         self.busy = False
-        stray = self._stray_since(drained_before)
-        if self.wire is not None:
-            return self._vote_result(status, losses, info, stray)
-        messages = self.msg_t if self.device.type == "cpu" else self.msg_t.to(self.device)
-        return RoundResult(messages=messages, status=status, losses=losses,
-                           info={**({"attack": info} if info else {}), **stray})
+        messages = self.receiver.messages(status, OK, self.device)
+        out = {**({"attack": info} if info else {}), **self.wire.round_info(messages),
+               **self._stray_since(drained_before)}
+        return RoundResult(messages=messages, status=status, losses=losses, info=out,
+                           checked=checked, finite=finite)
 
-    def _vote_result(self, status: list[str], losses: Tensor, info: dict,
-                     stray: dict) -> RoundResult:
-        """Sign protocol: the (n, width) stack of the received packed votes (worker/coded.py);
-        a rank whose message was unusable leaves its nodes absent (they abstain)."""
-        bufs: list = [None] * self.n
-        for r, g in enumerate(self.groups, 1):
-            if status[g.start] == OK:
-                bufs[g.start:g.stop] = self.wire.split(self.votes[r - 1], g)
-        wire = {"vote_bytes": [0 if b is None else int(b.nbytes) for b in bufs],
-                "float32_bytes": self.wire.float32_bytes}
-        out = {"wire": wire, **({"attack": info} if info else {}), **stray}
-        return RoundResult(messages=self.wire.stack(bufs).to(self.device), status=status,
-                           losses=losses, info=out)
-
-    def _craft_round(self, seq: int, byz: np.ndarray, status: list[str]) -> dict:
+    def _craft_round(self, seq: int, byz: np.ndarray, status: list[str]):
         """Omniscient attacks: send the usable honest rows to the crafting ranks, receive the
-        Byzantine rows back. Returns the attack's info from the lowest replying rank."""
-        usable = np.array([s == OK for s in status]) & ~byz
-        usable &= finite_rows(self.msg_t).numpy()
-        honest = np.ascontiguousarray(self.msg[usable])
+        Byzantine rows back. Returns the attack's info from the lowest replying rank and the
+        finiteness :func:`master.messages.usable_honest` established."""
+        msg = self.receiver.msg
+        rows, checked, finite = usable_honest(self.receiver.msg_t, status, byz)
+        honest = np.ascontiguousarray(rows.numpy())
         live = {tag(seq, KIND_CRAFT)}
         replies, expect = {}, {}
         for r in crafting_ranks(self.cfg, self.groups, byz, self.stateful):
@@ -253,58 +255,45 @@ class MPITransport(Transport):
             # stateful attack's replicas in step.
             self._isend(honest, r, tag(seq, KIND_HONEST))
             g = self.groups[r - 1]
-            rows = np.nonzero(byz[g.start:g.stop])[0] + g.start
-            if len(rows) and status[g.start] == OK:
-                buf = np.empty(len(rows) * self.d * 4 + INFO_BYTES, np.uint8)
-                replies[r] = (rows, buf)
+            idx = np.nonzero(byz[g.start:g.stop])[0] + g.start
+            if len(idx) and status[g.start] == OK:
+                buf = np.empty(len(idx) * self.d * 4 + INFO_BYTES, np.uint8)
+                replies[r] = (idx, buf)
                 expect[r] = [self._irecv(buf, r, tag(seq, KIND_CRAFT))]
         info: dict | None = None
         for r, st in self._collect(expect, live).items():
-            rows, buf = replies[r]
+            idx, buf = replies[r]
             if st != OK:
-                for i in rows:
+                for i in idx:
                     status[i] = st
                 continue
-            self.msg[rows] = buf[:-INFO_BYTES].view(np.float32).reshape(len(rows), self.d)
+            msg[idx] = buf[:-INFO_BYTES].view(np.float32).reshape(len(idx), self.d)
             if info is None:
                 info = decode_info(buf[-INFO_BYTES:])
-        return info or {}
+        return info or {}, checked, finite
 
-    # -- DiverseFL start-up ----------------------------------------------------------------------
-    def shared_samples(self) -> list:
-        """Every client's data sample, received from its rank into buffers of the exact expected
-        size (rank 0 knows each client's sample count from the seeded partition) and checked
-        per client; a client whose rank sent a wrong size, timed out, or sent bad values gets
-        None (DiverseFL then rejects it every round) and a warning."""
-        from master.diversefl import expected_counts, unpack_samples
-
+    # -- the protocol's start-up exchange ------------------------------------------------------
+    def startup(self) -> list:
+        """What every worker sent at start-up, received from its rank into buffers of the exact
+        expected size (the protocol computes them from the seeded partition) and decoded and
+        checked per worker; a rank that sent a wrong size or timed out gives None for its
+        workers, with a warning."""
         self.busy = True
         seq = self.seq + 1
-        ds = self.problem.dataset
-        shape = tuple(ds.input_shape)
-        counts = expected_counts(self.cfg, self.problem)
-        bufs = {}
-        for r, g in enumerate(self.groups, 1):
-            c = sum(counts[g.start:g.stop])
-            bufs[r] = (np.zeros((c, *shape), np.float32), np.zeros(c, np.int64))
-        live = {tag(seq, KIND_SAMPLE_X), tag(seq, KIND_SAMPLE_Y)}
-        expect = {r: [self._irecv(x, r, tag(seq, KIND_SAMPLE_X)),
-                      self._irecv(y, r, tag(seq, KIND_SAMPLE_Y))] for r, (x, y) in bufs.items()}
-        self._command(CMD_SAMPLES)
+        bufs = {r: self.protocol.startup_buffers(self.cfg, self.problem, g)
+                for r, g in enumerate(self.groups, 1)}
+        live = {tag(seq, KIND_STARTUP + i) for i in range(max(len(b) for b in bufs.values()))}
+        expect = {r: [self._irecv(b, r, tag(seq, KIND_STARTUP + i)) for i, b in enumerate(bs)]
+                  for r, bs in bufs.items()}
+        self._command(CMD_STARTUP)
         status = self._collect(expect, live)
         out: list = []
         for r, g in enumerate(self.groups, 1):
             if status[r] != OK:
-                self._warn(f"rank {r} sent no usable DiverseFL samples ({status[r]}); "
-                           f"workers {g.start}..{g.stop - 1} will be rejected every round")
-                out.extend([None] * len(g))
-                continue
-            for j, (sample, why) in zip(g, unpack_samples(*bufs[r], counts[g.start:g.stop],
-                                                          shape, ds.num_classes)):
-                if why:
-                    self._warn(f"worker {j}'s DiverseFL sample is unusable ({why}); "
-                               "it will be rejected every round")
-                out.append(sample)
+                self._warn(f"rank {r} sent no usable start-up data ({status[r]})")
+            out.extend(self.protocol.startup_decode(self.cfg, self.problem, g,
+                                                    bufs[r] if status[r] == OK else None,
+                                                    self._warn))
         self.busy = False
         return out
 
@@ -358,7 +347,7 @@ class MPITransport(Transport):
         enc = encode_state(d["attack"])
         for r, g in enumerate(self.groups, 1):
             for i, k in enumerate(self.keys):
-                shape, dtype = self.shapes[k]
+                _, dtype = self.shapes[k]
                 part = d[k][g.start:g.stop].detach().cpu().numpy().astype(dtype, copy=False)
                 self._isend(part, r, tag(seq, KIND_TENSOR + i))
             self._isend(enc, r, tag(seq, KIND_ATTACK))

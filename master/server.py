@@ -1,4 +1,4 @@
-"""The parameter server's state and step: pre-aggregators, the robust rule, the optimizer step.
+"""The parameter server's state and step: pre-aggregators, the protocol's rule, the optimizer step.
 
 Both transports drive the same :class:`Server`; it never sees how messages arrived.
 """
@@ -7,13 +7,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from common.config import Config, rule_params
-from common.preagg import make_chain
-from common.problem import Problem
-from common.rules import make_rule
-from common.schedule import learning_rate
+from common.aggregation.preagg import make_chain
+from common.protocols import protocol_of
+from common.run.config import Config
+from common.run.problem import Problem
+from common.run.schedule import learning_rate
 from common.seeding import round_generator
-
 
 # Compiling the sorting network costs 1-10 s once and saves about 33 ns per coordinate and round
 # over the eager network (cm at (25, 1e6): 42 ms eager, 10 ms compiled): from 5e8
@@ -23,14 +22,15 @@ COMPILE_MIN_WORK = 5e8
 
 def compile_rules(cfg: Config, dim: int) -> bool:
     """``--compile-rules``: whether the rule's sorting network runs compiled (see
-    :mod:`common.sortnet`); ``auto`` compiles when the run is long enough to repay it."""
+    :mod:`common.aggregation.sortnet`); ``auto`` compiles when the run is long enough to repay it."""
     if cfg.compile_rules == "auto":
         return dim * cfg.rounds >= COMPILE_MIN_WORK
     return cfg.compile_rules == "on"
 
 
 class Server:
-    """Holds the model as a flat vector; turns a round's (n, d) messages into a step.
+    """Holds the model as a flat vector; turns a round's messages into a step (the rule is the
+    run's protocol's: :meth:`common.protocols.Protocol.server_rule`).
 
     Step: ``x <- x - lr_t * u`` with ``u = agg + lambda x`` (weight decay at the server), or with
     server momentum ``buf <- m buf + u; u = buf`` (the signSGD master of the coding paper).
@@ -40,23 +40,11 @@ class Server:
         self.cfg, self.problem, self.device = cfg, problem, device
         n = cfg.num_workers
         self.params = problem.init_params.clone().to(device)
+        self.protocol = protocol_of(cfg)
         self.chain = make_chain(cfg.pre, n, cfg.f)
-        n_in = self.chain.out_count(n)
-        if cfg.agg == "diversefl":
-            from master.diversefl import DiverseFL
-
-            self.rule = DiverseFL(cfg, problem, device, self.params)
-        elif cfg.agg == "rsa":
-            from master.rsa import RSAMaster
-
-            self.rule = RSAMaster(cfg, self.params)
-        elif cfg.protocol == "sign":  # election-coded signSGD: packed votes (master/signsgd.py)
-            from master.signsgd import MajorityVote
-
-            self.rule = MajorityVote(cfg, problem.dim)
-        else:
-            self.rule = make_rule(cfg.agg, n_in, cfg.f, **rule_params(cfg, n_in))
-            self.rule.compiled = compile_rules(cfg, problem.dim)
+        self.rule = self.protocol.server_rule(cfg, problem, device, self.params,
+                                              self.chain.out_count(n))
+        self.rule.compiled = compile_rules(cfg, problem.dim)
         self.buf = torch.zeros_like(self.params) if cfg.server_momentum > 0 else None
 
     def aggregate(self, messages: Tensor, honest: Tensor, t: int) -> tuple[Tensor, dict]:

@@ -16,12 +16,13 @@ import time
 import torch
 from tqdm import tqdm
 
-from common.config import Config
+from common.attacks import make_attack
 from common.errors import one_line
 from common.finite import all_finite
-from common.io import MetricsLog, load_torch, save_torch, write_json
-from common.problem import Problem
-from common.schedule import ByzantineSchedule
+from common.run.config import Config
+from common.run.io import MetricsLog, load_torch, save_torch, write_json
+from common.run.problem import Problem
+from common.run.schedule import ByzantineSchedule
 from master.evaluate import evaluate
 from master.messages import sanitize
 from master.server import Server
@@ -53,14 +54,20 @@ class _StopRequest:
 
 
 class Trainer:
+    """The round loop of one run, writing into ``out_dir``; ``transport`` brings the messages."""
+
     def __init__(self, cfg: Config, problem: Problem, transport: Transport, out_dir: str,
                  device: torch.device) -> None:
         self.cfg, self.problem, self.transport, self.out_dir = cfg, problem, transport, out_dir
         self.device = device
         self.server = Server(cfg, problem, device)
-        if cfg.agg == "diversefl":
-            # DiverseFL: every client's data sample reaches the server once, at start-up.
-            self.server.rule.set_samples(transport.shared_samples())
+        protocol = self.server.protocol
+        if protocol.has_startup:  # e.g. DiverseFL: every client's data sample, once
+            protocol.start(self.server.rule, transport.startup())
+        # an extra test metric the attack asks for (the backdoor's success rate)
+        self.test_metric = make_attack(cfg.attack, cfg.num_workers, cfg.num_byzantine,
+                                       problem.dataset.num_classes,
+                                       **cfg.attack_params).test_metric()
         self.schedule = ByzantineSchedule(cfg)
         self.start_round = 0
         self.best_acc = -math.inf
@@ -122,6 +129,8 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict:
+        """Train to ``cfg.rounds`` (continuing from the checkpoint if ``resume``); returns the
+        summary. SIGTERM/SIGINT end the run at a round boundary with a checkpoint, exit 130."""
         cfg = self.cfg
         os.makedirs(self.out_dir, exist_ok=True)
         if resume:
@@ -131,13 +140,13 @@ class Trainer:
         log = MetricsLog(os.path.join(self.out_dir, "metrics.jsonl"),
                          keep_until_round=self.start_round if resume else None)
         stop = _StopRequest()
-        old_term = signal.signal(signal.SIGTERM, stop)
-        old_int = signal.signal(signal.SIGINT, stop)
+        old_handlers = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, stop)
         consistent = True  # False while a round is in flight
         t0 = time.time()
         t = self.start_round
         bar = tqdm(total=cfg.rounds, initial=t, disable=not cfg.progress, desc="rounds",
                    dynamic_ncols=True, leave=False)
+        interrupted: BaseException | None = None
         try:
             while t < cfg.rounds:
                 if stop.name is not None:
@@ -152,26 +161,25 @@ class Trainer:
                     bar.set_postfix(acc=f"{record['test_accuracy']:.1f}")
                 if t % cfg.checkpoint_every == 0 and t < cfg.rounds:
                     self.checkpoint(t, self.wall_before + time.time() - t0)
+            wall = self.wall_before + time.time() - t0
+            self.checkpoint(t, wall)
         except (KeyboardInterrupt, Interrupted) as e:
-            bar.close()
+            interrupted = e
             if consistent:
                 self.checkpoint(t, self.wall_before + time.time() - t0)
-                what = f"after {t} rounds; checkpoint saved"
-            else:  # stopped inside a round: its state is half-updated, keep the last checkpoint
-                what = f"during round {t}; the last saved checkpoint is kept"
+        finally:
+            bar.close()
             log.close()
-            self.transport.close()
-            signal.signal(signal.SIGTERM, old_term)
-            signal.signal(signal.SIGINT, old_int)
-            print(f"\ninterrupted ({type(e).__name__} {e}) {what}. "
+            signal.signal(signal.SIGTERM, old_handlers[0])
+            signal.signal(signal.SIGINT, old_handlers[1])
+            if interrupted is not None:
+                self.transport.close()
+        if interrupted is not None:
+            what = (f"after {t} rounds; checkpoint saved" if consistent else
+                    f"during round {t}; the last saved checkpoint is kept")
+            print(f"\ninterrupted ({type(interrupted).__name__} {interrupted}) {what}. "
                   f"Continue with: --resume {self.out_dir}", flush=True)
             raise SystemExit(130)
-        bar.close()
-        signal.signal(signal.SIGTERM, old_term)
-        signal.signal(signal.SIGINT, old_int)
-        wall = self.wall_before + time.time() - t0
-        self.checkpoint(t, wall)
-        log.close()
         summary = {
             "final_test_accuracy": self.last_eval.get("test_accuracy"),
             "final_test_loss": self.last_eval.get("test_loss"),
@@ -182,8 +190,8 @@ class Trainer:
             "num_byzantine": cfg.num_byzantine,
             "config": cfg.to_dict(),
         }
-        if "backdoor_accuracy" in self.last_eval:
-            summary["final_backdoor_accuracy"] = self.last_eval["backdoor_accuracy"]
+        if self.test_metric is not None and self.test_metric[0] in self.last_eval:
+            summary["final_" + self.test_metric[0]] = self.last_eval[self.test_metric[0]]
         write_json(os.path.join(self.out_dir, "summary.json"), summary)
         return summary
 
@@ -191,7 +199,7 @@ class Trainer:
         cfg = self.cfg
         byz = self.schedule.mask(t)
         res = self.transport.round(self.server.params, t, byz)
-        faults = sanitize(res.messages, res.status)
+        faults = sanitize(res.messages, res.status, res.checked, res.finite)
         honest = torch.from_numpy(~byz)
         update, info = self.server.aggregate(res.messages, honest, t)
         for k in info.get("invalid", ()):  # a vote buffer that did not decode (signSGD)
@@ -222,7 +230,7 @@ class Trainer:
             record.update(res.info)
         if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
             self.last_eval = evaluate(self.problem, self.server.params, self.device,
-                                     backdoor=cfg.attack == "backdoor")
+                                      metric=self.test_metric)
             self.best_acc = max(self.best_acc, self.last_eval["test_accuracy"])
             record.update(self.last_eval)
         return record

@@ -1,39 +1,43 @@
-"""How a round's messages reach the server. ``InProcessTransport`` hosts every worker in this
-process (``main.py``); ``master.mpi_transport.MPITransport`` talks to worker ranks
+"""How a round's messages reach the server. ``InProcessTransport`` hosts the workers' group in
+this process (``main.py``); ``master.mpi_transport.MPITransport`` talks to worker ranks
 (``MPI_main.py``). The server and the round loop are the same for both."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from common.attacks import make_attack
-from common.config import Config, attack_params
-from common.problem import Problem
-from common.rows import take_rows
-from master.messages import OK
-from worker.group import make_worker_group
+from master.messages import OK, usable_honest
 
 
 @dataclass
 class RoundResult:
-    messages: Tensor                 # (n, d) on the server's device
+    """One round's messages as the server receives them.
+
+    ``checked``/``finite``: rows whose finiteness the transport already knows (the omniscient
+    attack's honest rows), so the message policy does not read them again."""
+
+    messages: Tensor                 # (n, d) on the server's device (sign votes: (n, width))
     status: list[str]                # per worker: "ok" or why the message is unusable
     losses: Tensor                   # (n,) training loss of each worker's batch (nan if unknown)
     info: dict = field(default_factory=dict)
+    checked: Tensor | None = None
+    finite: Tensor | None = None
 
 
 class Transport:
-    """Interface: one call per round, plus the worker-side state for checkpoints."""
+    """Interface: one call per round, the protocol's start-up exchange, and the worker-side
+    state for checkpoints."""
 
     def round(self, params: Tensor, t: int, byz: np.ndarray) -> RoundResult:
         raise NotImplementedError
 
-    def shared_samples(self) -> list:
-        """DiverseFL start-up: every client's data sample, (float32 inputs, int64 labels) or None
-        for a client whose sample is missing or malformed (see master/diversefl.py)."""
+    def startup(self) -> list:
+        """The protocol's start-up exchange: what every worker sent, decoded and checked (None
+        for a worker whose part is missing or malformed)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -51,42 +55,40 @@ class Transport:
 
 
 class InProcessTransport(Transport):
-    """All n workers as one vectorised group in this process."""
+    """All n workers as one worker group in this process (``group``: a
+    :class:`worker.group.WorkerGroup` of range(n), built by the caller)."""
 
-    def __init__(self, cfg: Config, problem: Problem, device: torch.device) -> None:
-        n = cfg.num_workers
-        attack = make_attack(cfg.attack, n, cfg.num_byzantine, problem.dataset.num_classes,
-                             **attack_params(cfg))
-        self.group = make_worker_group(cfg, problem, range(n), attack, device)
-        self.cfg = cfg
+    def __init__(self, group, protocol) -> None:
+        self.group, self.protocol = group, protocol
 
     def round(self, params: Tensor, t: int, byz: np.ndarray) -> RoundResult:
         group = self.group
         mask = torch.from_numpy(byz).to(group.device)
         msgs = group.compute(params, t, mask)
-        info = {}
+        status = [OK] * len(byz)
+        info, checked, finite = {}, None, None
         if group.attack.omniscient and byz.any():
-            rows = mask.nonzero().flatten()
-            h = int((~mask).sum())
-            # The fixed schedule's honest rows are the first n - f: pass a view, not a copy.
-            honest = (msgs[:h] if not bool(mask[:h].any())
-                      else take_rows(msgs, (~mask).nonzero().flatten()))
-            group.attack_rows(msgs, rows, honest, t)
+            honest, checked, finite = usable_honest(msgs, status, byz)
+            if len(honest):
+                group.attack_rows(msgs, mask.nonzero().flatten(), honest, t)
         if byz.any() and group.attack.info:
             info["attack"] = group.attack.info
-        if self.cfg.protocol == "sign":  # bytes each node put on the wire (packed votes)
-            info["wire"] = {"vote_bytes": group.sent_bytes,
-                            "float32_bytes": group.wire.float32_bytes}
-        return RoundResult(messages=msgs, status=[OK] * len(byz), losses=group.losses, info=info)
+        info.update(group.wire.round_info(msgs))
+        return RoundResult(messages=msgs, status=status, losses=group.losses, info=info,
+                           checked=checked, finite=finite)
 
-    def shared_samples(self) -> list:
-        from master.diversefl import client_samples
-
-        g = self.group
-        return client_samples(g.cfg, g.problem, g.ids)
+    def startup(self) -> list:
+        g, p = self.group, self.protocol
+        ids = range(g.cfg.num_workers)
+        payload = [np.ascontiguousarray(b) for b in p.startup_payload(g.cfg, g.problem, ids)]
+        return p.startup_decode(g.cfg, g.problem, ids, payload, _warn)
 
     def state_dict(self) -> dict:
         return self.group.state_dict()
 
     def load_state_dict(self, d: dict) -> None:
         self.group.load_state_dict(d)
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)

@@ -52,7 +52,7 @@ def run_python(*args: str, timeout: float = 300,
 
 def final_params(run_dir) -> torch.Tensor:
     """The server's parameters in ``run_dir/checkpoint.pt``."""
-    from common.io import load_torch
+    from common.run.io import load_torch
 
     return load_torch(os.path.join(run_dir, "checkpoint.pt"))["server"]["params"]
 

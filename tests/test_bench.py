@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from common.data import FASHION_MNIST_SYSTEM_DIR
+from common.data.datasets import FASHION_MNIST_SYSTEM_DIR
 from tests.processes import run_python
 
 

@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import bitpack
-from common.bitpack import (
+from common.coding import bitpack
+from common.coding.bitpack import (
     pack,
     pack_signs,
     pack_ternary,

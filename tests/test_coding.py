@@ -21,9 +21,9 @@ from common.coding import (
     redundancy,
     search,
     search_code,
-    main,
     tolerates,
 )
+from common.coding.cli import main
 from common.errors import ConfigError
 from tests.processes import run_python
 

@@ -12,9 +12,13 @@ import subprocess
 
 import pytest
 
-from common import attacks, data, models, preagg, rules
-from common.config import Config, extra_rule_names, parse_args
+from common import attacks
+from common.aggregation import preagg, rules
+from common.data import datasets as data
+from common.data import models
 from common.errors import ConfigError
+from common.run.config import Config
+from common.run.flags import parse_args
 from tests.processes import run_python
 
 
@@ -29,8 +33,8 @@ def test_election_coding_style_flags():
             "--batch_size 120 --trial_idx 1").split()
     cfg, _ = parse_args(argv)
     assert (cfg.num_workers, cfg.num_byzantine, cfg.batch_size, cfg.trial_idx) == (5, 1, 120, 1)
-    assert cfg.redundancy == 3.8
-    assert cfg.deterministic is True
+    assert cfg.rule_values["redundancy"] == 3.8
+    assert cfg.rule_values["deterministic"] is True
     assert cfg.run_seed == cfg.seed + 1
 
 
@@ -39,7 +43,7 @@ def test_election_coding_style_flags():
 def test_deterministic_parses_booleans_correctly(text, value):
     # argparse's type=bool would turn the string 'False' into True.
     cfg, _ = parse_args(["--num_nodes", "5", "--num_Byz_nodes", "1", "--deterministic", text])
-    assert cfg.deterministic is value
+    assert cfg.rule_values["deterministic"] is value
 
 
 def test_bucketing_style_flags():
@@ -58,7 +62,7 @@ def test_bucketing_style_flags():
 # -- --help and --list ------------------------------------------------------------------------
 
 def _every_name() -> list[str]:
-    return (list(rules.rule_names()) + extra_rule_names() + list(attacks.attack_names())
+    return (list(rules.rule_names()) + list(attacks.attack_names())
             + list(data.dataset_names()) + list(models.model_names())
             + list(preagg.preaggregator_names()))
 

@@ -4,11 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from common import data as data_mod
-from common.data import dataset_names, load_dataset
+from common.data import datasets as data_mod
+from common.data.datasets import dataset_names, load_dataset
+from common.data.partition import (
+    _repair_single_class,
+    label_counts,
+    longtail_indices,
+    mimic2_layout,
+    pad_shards,
+    parse_scheme,
+    partition,
+    sample_batches,
+)
 from common.errors import ConfigError
-from common.partition import (_repair_single_class, label_counts, longtail_indices, mimic2_layout,
-                              pad_shards, parse_scheme, partition, sample_batches)
 
 
 def gen(seed=0):

@@ -14,7 +14,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import bitpack as bp
+from common.coding import bitpack as bp
+from common.wire import codecs, formats, samples
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -129,7 +130,6 @@ DTYPES = [torch.float32, torch.float64, torch.int64, torch.uint8, torch.float16]
        ydt=st.sampled_from(DTYPES), seed=st.integers(0, 2**31 - 1),
        poison=st.sampled_from([None, "nan", "inf", "label_hi", "label_lo", "shape"]))
 def test_check_sample_never_raises_and_accepts_only_clean(count, got, xdt, ydt, seed, poison):
-    diversefl = pytest.importorskip("master.diversefl", reason="DiverseFL not available")
     g = torch.Generator().manual_seed(seed)
     shape = (1, 8, 8)
     xs = (got, *shape) if poison != "shape" else (got, 64)
@@ -143,7 +143,7 @@ def test_check_sample_never_raises_and_accepts_only_clean(count, got, xdt, ydt, 
         y[0] = 10
     if got and poison == "label_lo" and ydt != torch.uint8:
         y[-1] = -1
-    why = diversefl.check_sample(x, y, count, shape, 10)
+    why = samples.check_sample(x, y, count, shape, 10)
     clean = (xdt == torch.float32 and ydt == torch.int64 and got == count
              and (poison is None or (poison != "shape" and not got)))
     if clean:
@@ -153,20 +153,19 @@ def test_check_sample_never_raises_and_accepts_only_clean(count, got, xdt, ydt, 
 
 
 # ------------------------------------------------------------------------------------------
-# the election-coded signSGD master's vote stack (worker/coded.py VoteWire.tally)
+# the election-coded signSGD master's vote stack (common/wire/formats.py VoteWire.tally)
 # ------------------------------------------------------------------------------------------
 
 @SETTINGS
 @given(n=st.integers(1, 7), d=st.integers(1, 40), seed=st.integers(0, 2**31 - 1),
        data=st.data())
 def test_vote_tally_random_stack(n, d, seed, data):
-    coded = pytest.importorskip("worker.coded", reason="election-coded signSGD not available")
     rng = np.random.default_rng(seed)
     weights = data.draw(st.lists(st.integers(1, n), min_size=n, max_size=n))
     G = np.zeros((n, n), dtype=np.int64)
     for j, w in enumerate(weights):
         G[j, rng.choice(n, size=w, replace=False)] = 1
-    wire = coded.VoteWire(G, d)
+    wire = formats.VoteWire(G, d)
     stack = rng.integers(0, 256, size=(n, wire.width), dtype=np.uint8)
     # the last byte says "present"; make it 1 for a random subset (anything else is absent)
     stack[:, -1] = np.where(rng.random(n) < 0.7, 1, stack[:, -1])
@@ -185,8 +184,7 @@ def test_vote_tally_random_stack(n, d, seed, data):
 
 
 def test_vote_tally_rejects_a_stack_of_the_wrong_shape():
-    coded = pytest.importorskip("worker.coded", reason="election-coded signSGD not available")
-    wire = coded.VoteWire(np.eye(3, dtype=np.int64), 10)
+    wire = formats.VoteWire(np.eye(3, dtype=np.int64), 10)
     for bad in (torch.zeros(3, wire.width + 1, dtype=torch.uint8),
                 torch.zeros(2, wire.width, dtype=torch.uint8),
                 torch.zeros(3, wire.width, dtype=torch.float32)):
@@ -195,19 +193,14 @@ def test_vote_tally_rejects_a_stack_of_the_wrong_shape():
 
 
 # ------------------------------------------------------------------------------------------
-# the MPI protocol's numeric codecs for attack info and attack state (worker/mpi_worker.py):
+# the MPI protocol's numeric codecs for attack info and attack state (common/wire/codecs.py):
 # rank 0 decodes what worker ranks send for metrics.jsonl and checkpoints
 # ------------------------------------------------------------------------------------------
-
-def _mpi_worker():
-    pytest.importorskip("mpi4py", reason="mpi4py not installed")
-    return pytest.importorskip("worker.mpi_worker", reason="MPI runtime not available")
-
 
 @SETTINGS
 @given(raw=st.binary(min_size=0, max_size=80))
 def test_decode_info_random_bytes(raw):
-    mw = _mpi_worker()
+    mw = codecs
     out = mw.decode_info(np.frombuffer(raw, np.uint8))
     assert out is None or (isinstance(out, dict) and all(
         isinstance(v, (int, float, bool)) for v in out.values()))
@@ -218,7 +211,7 @@ def test_decode_info_random_bytes(raw):
                             st.one_of(st.booleans(), st.integers(-10**12, 10**12),
                                       st.floats(allow_nan=False, width=64)), max_size=4))
 def test_info_roundtrip(info):
-    mw = _mpi_worker()
+    mw = codecs
     assert mw.decode_info(mw.encode_info(info)) == info
 
 
@@ -236,7 +229,7 @@ state_values = st.one_of(
                              max_size=4),
        data=st.data())
 def test_decode_state_roundtrip_and_mutations(state, data):
-    mw = _mpi_worker()
+    mw = codecs
     keys = list(state)
     enc = mw.encode_state(state)
     back = mw.decode_state(enc, keys)
@@ -264,7 +257,7 @@ def test_decode_state_roundtrip_and_mutations(state, data):
 @SETTINGS
 @given(raw=st.binary(min_size=0, max_size=96), nkeys=st.integers(0, 3))
 def test_decode_state_random_numbers(raw, nkeys):
-    mw = _mpi_worker()
+    mw = codecs
     arr = np.frombuffer(raw[:len(raw) // 8 * 8], np.float64)
     try:
         out = mw.decode_state(arr, ["k0", "k1", "k2"][:nkeys])
@@ -280,6 +273,6 @@ def test_decode_state_random_numbers(raw, nkeys):
     [4, 2, 2**52, 0],
 ])
 def test_decode_state_hostile_shapes_are_value_errors(arr):
-    mw = _mpi_worker()
+    mw = codecs
     with pytest.raises(ValueError):
         mw.decode_state(np.array(arr, np.float64), ["x"])

@@ -10,16 +10,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import Config, parse_args
-from common.data import Dataset
+from common.data.datasets import Dataset
+from common.data.flat import FlatParams
 from common.errors import ConfigError
-from common.flat import FlatParams
-from common.problem import Problem, build_problem
-from master.diversefl import (DiverseFL, GuidingGradients, check_sample, client_samples,
-                              expected_counts, filter_decisions, pack_samples, precision_recall,
-                              share_indices, share_size, unpack_samples)
+from common.protocols.diversefl import (
+    DiverseFLFilter,
+    GuidingGradients,
+    client_samples,
+    expected_counts,
+    filter_decisions,
+    precision_recall,
+    share_indices,
+    share_size,
+)
+from common.run.config import Config
+from common.run.flags import parse_args
+from common.run.problem import Problem, build_problem
+from common.wire.samples import check_sample, pack_samples, unpack_samples
 from master.evaluate import evaluate
-
 
 # -- the filter --------------------------------------------------------------------------------
 
@@ -70,7 +78,7 @@ def _digits_cfg(**kw) -> Config:
                 byz_schedule="random", agg="diversefl", pre="none", momentum=0.0,
                 share_frac=0.05, attack="signflip")
     base.update(kw)
-    return Config(**base)
+    return Config.from_dict(base)
 
 
 def test_share_size_and_indices():
@@ -150,7 +158,7 @@ def test_rule_averages_accepted_and_reports_flags():
     cfg = _digits_cfg()
     problem = build_problem(cfg)
     params = problem.init_params.clone()
-    rule = DiverseFL(cfg, problem, torch.device("cpu"), params)
+    rule = DiverseFLFilter(cfg, problem, torch.device("cpu"), params)
     samples = client_samples(cfg, problem, range(4))
     rule.set_samples(samples)
     g = rule.guides(params)
@@ -169,7 +177,7 @@ def test_rule_averages_accepted_and_reports_flags():
 def test_rule_needs_samples_and_config_checks():
     cfg = _digits_cfg()
     problem = build_problem(cfg)
-    rule = DiverseFL(cfg, problem, torch.device("cpu"), problem.init_params.clone())
+    rule = DiverseFLFilter(cfg, problem, torch.device("cpu"), problem.init_params.clone())
     with pytest.raises(RuntimeError, match="set_samples"):
         rule(torch.zeros(4, problem.dim))
     for argv, msg in ((["--agg", "diversefl", "--momentum", "0"], "--pre none"),
@@ -198,7 +206,8 @@ def test_backdoor_accuracy_on_hand_built_model():
     ds = Dataset("hand", x, y, x, y, num_classes=10, input_shape=(10,))
     flat = FlatParams(model)
     problem = Problem(ds, model, flat, flat.flatten(model), [torch.arange(6)])
-    res = evaluate(problem, flat.flatten(model), torch.device("cpu"), batch_size=4, backdoor=True)
+    res = evaluate(problem, flat.flatten(model), torch.device("cpu"), batch_size=4,
+                   metric=("backdoor_accuracy", 4, 9))
     assert res["backdoor_accuracy"] == pytest.approx(50.0)   # 2 of the 4 test 4s called 9
     assert res["test_accuracy"] == pytest.approx(50.0)       # samples 2, 4, 5
     assert "backdoor_accuracy" not in evaluate(problem, flat.flatten(model), torch.device("cpu"))
@@ -259,7 +268,7 @@ def test_diversefl_beats_mean_under_signflip_majority(tmp_path):
 def test_mpi_samples_are_sent_by_worker_ranks_and_match_in_process(tmp_path):
     """Under MPI the samples travel from the worker ranks; the run equals the in-process one."""
     import main
-    from common.io import read_metrics
+    from common.run.io import read_metrics
     from tests.processes import final_params, run_mpi
 
     flags = ["--dataset", "digits", "--model", "softmax", "-n", "5", "-f", "2", "--byz-schedule",

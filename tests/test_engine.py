@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import main as main_mod
-from common.config import Config
-from common.data import load_dataset
-from common.io import read_json, read_metrics
-from common.partition import label_counts
-from common.problem import worker_shards
+from common.data.datasets import load_dataset
+from common.data.partition import label_counts
+from common.run.config import Config, validate
+from common.run.io import read_json, read_metrics
+from common.run.problem import worker_shards
 from tests.processes import run_python
 
 pytestmark = pytest.mark.slow
@@ -92,7 +92,7 @@ def test_same_seed_is_bit_identical_other_seed_differs(tmp_path):
 def test_compiled_rules_train_to_the_same_model(tmp_path):
     """--compile-rules on runs cm's sorting network compiled: the median picks the same values,
     so the model is bit-identical to the eager run's; auto compiles only long runs."""
-    from common import sortnet
+    from common.aggregation import sortnet
     from master.server import compile_rules
 
     argv = "-n 9 -f 2 --agg cm --pre none --attack alie --noniid --rounds 3 --eval-every 3"
@@ -114,7 +114,9 @@ def test_default_command_finishes_and_prints_accuracy(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "final test accuracy" in r.stdout
     cfg = read_json(os.path.join(tmp_path, "d", "config.json"))
-    default = Config().to_dict()
+    default = Config()
+    validate(default)  # the resolved defaults, parameters included
+    default = default.to_dict()
     assert {k: v for k, v in cfg.items() if k not in ("rounds", "output")} == \
         {k: v for k, v in default.items() if k not in ("rounds", "output")}
 

@@ -8,9 +8,8 @@ import os
 
 import pytest
 
-from common import report
 from common.errors import ConfigError
-from experiments import grids, runner
+from experiments import figures, grids, runlogs, runner
 
 
 def _read_csv(path):
@@ -60,30 +59,30 @@ def test_smoke_experiment_end_to_end(tmp_path, capsys):
 def test_selected_workers_maps_through_preaggregators():
     rec = {"rule": {"selected": [1], "pre": [{"name": "bucketing", "s": 2,
                                              "permutation": [4, 0, 3, 1, 2]}]}}
-    assert report.selected_workers(rec, 5) == [3, 1]  # bucket 1 = permutation[2:4]
+    assert figures.selected_workers(rec, 5) == [3, 1]  # bucket 1 = permutation[2:4]
     rec = {"rule": {"selected": [0], "pre": [
         {"name": "resampling", "s": 2, "groups": [[2, 3], [0, 1], [1, 2], [3, 0]]},
         {"name": "nnm", "neighbours": [[1, 2], [0, 1], [2, 3], [3, 0]]}]}}
     # nnm output 0 mixes resampled rows 1 and 2 = workers {0, 1} and {1, 2}.
-    assert report.selected_workers(rec, 4) == [0, 1, 1, 2]
-    assert report.selected_workers({"rule": {"selected": [2]}}, 4) == [2]
-    assert report.selected_workers({"round": 0}, 4) == []
+    assert figures.selected_workers(rec, 4) == [0, 1, 1, 2]
+    assert figures.selected_workers({"rule": {"selected": [2]}}, 4) == [2]
+    assert figures.selected_workers({"round": 0}, 4) == []
 
 
 def test_varying_keys_and_table_layout():
     def run(name, agg, part, seed, acc):
-        return report.RunLog(name, {"agg": agg, "partition": part, "lr": 0.1, "seed": seed,
+        return runlogs.RunLog(name, {"agg": agg, "partition": part, "lr": 0.1, "seed": seed,
                                     "output": name},
                              {"final_test_accuracy": acc}, [])
 
     runs = [run("a", "cm", "iid", 0, 90.0), run("b", "cm", "iid", 1, 80.0),
             run("c", "cm", "noniid", 0, 50.0), run("d", "krum", "iid", 0, 70.0)]
-    assert report.varying_keys(runs) == ["agg", "partition"]
+    assert runlogs.varying_keys(runs) == ["agg", "partition"]
     # A parameter fixed per rule (CClip's tau) is not a cell of its own.
-    tau = [report.RunLog(r.name, {**r.config, "cclip_tau": 0.5 if r.config["agg"] == "krum" else 10.0},
+    tau = [runlogs.RunLog(r.name, {**r.config, "cclip_tau": 0.5 if r.config["agg"] == "krum" else 10.0},
                          r.summary, []) for r in runs]
-    assert report.varying_keys(tau) == ["agg", "partition"]
-    table = report.markdown_table(runs, ["agg"], ["partition"]).splitlines()
+    assert runlogs.varying_keys(tau) == ["agg", "partition"]
+    table = runlogs.markdown_table(runs, ["agg"], ["partition"]).splitlines()
     assert table[0] == "| agg | iid | noniid |"
     assert table[2] == "| cm | 85.0 ± 7.1 | 50.0 |"  # std of (90, 80) = 7.07
     assert table[3] == "| krum | 70.0 | - |"
@@ -125,18 +124,18 @@ def test_implied_flags_stay_out_of_names_and_table(tmp_path):
         cell = {"model": model, "attack": attack, "agg": agg}
         config = {"rsa_delta": 0.2635, **cell, **grids._diversefl_fmnist_implied(cell, False),
                   "seed": seed}  # a run's config.json holds every field
-        return report.RunLog(grids.run_name(cell, seed), config, {"final_test_accuracy": acc}, [])
+        return runlogs.RunLog(grids.run_name(cell, seed), config, {"final_test_accuracy": acc}, [])
 
     logs = [log(m, a, g, s, 50.0 + s) for m in ("softmax", "mlp") for a in ("labelflip", "backdoor")
             for g in ("cm", "rsa") for s in (0, 1)]
-    keys = report.varying_keys(logs)
+    keys = runlogs.varying_keys(logs)
     assert {"lr", "partition", "byz_schedule", "rsa_delta"} <= set(keys)
-    assert report.determined(logs, "lr", ["model"]) and not report.determined(logs, "lr", ["agg"])
-    shown = report.table_keys(logs, keys, report.layout_keys("diversefl_fmnist"))
+    assert runlogs.determined(logs, "lr", ["model"]) and not runlogs.determined(logs, "lr", ["agg"])
+    shown = runlogs.table_keys(logs, keys, runlogs.layout_keys("diversefl_fmnist"))
     assert shown == [k for k in keys if k in ("model", "attack", "agg", "partition", "byz_schedule")]
-    rows, cols, *_ = report.resolve_layout("diversefl_fmnist", shown)
-    table = report.markdown_table(logs, rows, cols).splitlines()
+    rows, cols, *_ = runlogs.resolve_layout("diversefl_fmnist", shown)
+    table = runlogs.markdown_table(logs, rows, cols).splitlines()
     assert table[0] == "| model | agg | labelflip, noniid, sched=random | backdoor, shards:2, sched=markov |"
     assert table[2] == "| softmax | cm | 50.5 ± 0.7 | 50.5 ± 0.7 |"
     # An unknown experiment keeps every varying key.
-    assert report.table_keys(logs, keys, report.layout_keys("nosuch")) == keys
+    assert runlogs.table_keys(logs, keys, runlogs.layout_keys("nosuch")) == keys

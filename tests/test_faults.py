@@ -26,9 +26,9 @@ def _rank0_sources() -> list[str]:
     paths = [os.path.join(ROOT, p) for p in ("main.py", "MPI_main.py")
              if os.path.exists(os.path.join(ROOT, p))]
     for pkg in ("master", "common"):
-        for name in sorted(os.listdir(os.path.join(ROOT, pkg))):
-            if name.endswith(".py"):
-                paths.append(os.path.join(ROOT, pkg, name))
+        for folder, _, names in sorted(os.walk(os.path.join(ROOT, pkg))):
+            paths += [os.path.join(folder, name) for name in sorted(names) if name.endswith(".py")]
+    assert len(paths) > 40, paths  # the subpackages are scanned too
     return paths
 
 
@@ -126,7 +126,7 @@ def _mpi_ready() -> str | None:
         import mpi4py  # noqa: F401
     except ImportError:
         return "mpi4py is not installed"
-    from common.config import build_parser
+    from common.run.flags import build_parser
 
     if "--inject-fault" not in build_parser().format_help():
         return "MPI_main.py has no --inject-fault flag"
@@ -149,7 +149,7 @@ def test_fault_matrix(kind, tmp_path):
 
     import torch
 
-    from common.io import read_metrics
+    from common.run.io import read_metrics
     from tests.processes import final_params, run_mpi
 
     why = _mpi_ready()
@@ -184,7 +184,7 @@ def test_fault_matrix(kind, tmp_path):
         else:
             assert "stray" not in rec, rec
     if kind == "flood":
-        from worker.mpi_worker import FLOOD_MESSAGES
+        from worker.faults import FLOOD_MESSAGES
 
         dropped = sum(rec.get("stray", {}).get("2", 0) for rec in records)
         # Rank 2 cannot answer round 1 before rank 0 has drained round 0's oversized stray (its
@@ -225,7 +225,7 @@ def test_mpi_signal_then_resume_matches_main(sig, tmp_path):
     import torch
 
     import main as main_mod
-    from common.io import read_metrics
+    from common.run.io import read_metrics
     from tests.processes import final_params, mpi_cmd, run_mpi, running
 
     why = _mpi_ready()
@@ -266,7 +266,7 @@ def test_vote_fault_matrix(kind, tmp_path):
     way nodes 2 and 3 abstain, are logged, and the run finishes with a finite model."""
     import torch
 
-    from common.io import read_metrics
+    from common.run.io import read_metrics
     from tests.processes import final_params, run_mpi
 
     why = _mpi_ready()
@@ -310,7 +310,7 @@ def test_mpi_checkpoint_keeps_a_silent_ranks_state(tmp_path):
     import torch
 
     import main as main_mod
-    from common.io import load_torch
+    from common.run.io import load_torch
     from tests.processes import final_params, run_mpi
 
     why = _mpi_ready()
@@ -346,11 +346,13 @@ def test_checkpoint_without_an_earlier_one_starts_from_zeros(tmp_path, capsys):
     import torch
 
     import main as main_mod
-    from common.config import parse_args
-    from common.io import load_torch, save_torch
-    from common.problem import build_problem
+    from common.protocols import protocol_of
+    from common.run.flags import parse_args
+    from common.run.io import load_torch, save_torch
+    from common.run.problem import build_problem
     from master.trainer import Trainer
     from master.transport import InProcessTransport
+    from worker.group import make_worker_group
 
     class Lossy(InProcessTransport):
         lose = [[1], [0]]
@@ -368,8 +370,8 @@ def test_checkpoint_without_an_earlier_one_starts_from_zeros(tmp_path, capsys):
         "momenta": torch.ones(3, 650), "attack": {}}})
     cfg, _ = parse_args(CK_FLAGS + ["--rounds", "4", "-o", str(run)])
     problem = build_problem(cfg, "cpu")
-    Trainer(cfg, problem, Lossy(cfg, problem, torch.device("cpu")), str(run),
-            torch.device("cpu")).run()
+    group = make_worker_group(cfg, problem, range(cfg.num_workers), torch.device("cpu"))
+    Trainer(cfg, problem, Lossy(group, protocol_of(cfg)), str(run), torch.device("cpu")).run()
     err = capsys.readouterr().err
     assert ("warning: checkpoint of round 2: no state arrived from workers 1; they start from "
             "zeros (there is no earlier checkpoint of this run)") in err, err

@@ -7,17 +7,18 @@ import torch
 import torch.nn.functional as F
 
 from common.attacks import make_attack
-from common.config import Config, attack_params
+from common.compute.paths import FAST_PATH, choose_path
 from common.errors import ConfigError
-from common.problem import build_problem
-from worker.group import FAST_PATH, WorkerGroup, choose_path
+from common.run.config import Config
+from common.run.problem import build_problem
+from worker.group import WorkerGroup
 
 CPU = torch.device("cpu")
 
 
 def make_group(cfg: Config, problem, ids: range) -> WorkerGroup:
     attack = make_attack(cfg.attack, cfg.num_workers, cfg.num_byzantine,
-                         problem.dataset.num_classes, **attack_params(cfg))
+                         problem.dataset.num_classes, **cfg.attack_params)
     return WorkerGroup(cfg, problem, ids, attack, CPU)
 
 
@@ -90,7 +91,7 @@ def test_message_does_not_depend_on_grouping(path, agg, attack):
     if agg == "nmedian":
         # honest rows carry worker-keyed upload noise: without it they are the momenta
         assert not torch.allclose(a[:5], whole.momenta[:5])
-        assert float((a[:5] - whole.momenta[:5]).std()) == pytest.approx(cfg.nmedian_std, rel=0.05)
+        assert float((a[:5] - whole.momenta[:5]).std()) == pytest.approx(cfg.rule_values["std"], rel=0.05)
 
 
 @pytest.mark.parametrize("style", ["heavyball", "ema"])
@@ -137,7 +138,7 @@ def test_byzantine_momenta_are_lent_to_the_attack_and_restored():
 
 
 def test_linear_layers_names_every_parameter_of_a_linear_model_only():
-    from worker.linear_grads import linear_layers
+    from common.compute.linear_grads import linear_layers
     for model, expect in (("mlp", True), ("softmax", True), ("cnn", False)):
         problem = build_problem(Config(model=model))
         layers = linear_layers(problem.model)

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+from common.data.models import FAST_PATH, MODELS, ResNet, make_model, model_names
 from common.errors import ConfigError
-from common.models import MODELS, VMAP_PREFERRED, ResNet, make_model, model_names
 
 SMALL = ["softmax", "mlp", "cnn"]
 BIG = ["resnet20", "resnet18", "vgg11"]
@@ -27,7 +27,7 @@ def built(name, shape=(3, 32, 32)):
 
 def test_registry():
     assert set(model_names()) == {"softmax", "mlp", "cnn", "resnet20", "resnet18", "vgg11"}
-    assert VMAP_PREFERRED <= set(MODELS)
+    assert set(FAST_PATH) == set(MODELS)
     with pytest.raises(ConfigError, match="choose one of"):
         make_model("lenet", (1, 28, 28), 10)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import main as main_mod
-from common.io import load_torch, read_metrics
+from common.run.io import load_torch, read_metrics
 from tests.processes import final_params, mpi_cmd, run_mpi, run_python, running
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow,

@@ -8,7 +8,8 @@ import platform
 import pytest
 import torch
 
-from common import native, rules, sortnet
+from common.aggregation import native, rules, sortnet
+from common.aggregation.preagg.mixing import group_means, group_plan
 from tests.processes import run_python
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler")
@@ -120,15 +121,13 @@ GROUPS = [
 @pytest.mark.parametrize("groups", GROUPS)
 @pytest.mark.parametrize("d", [1, 17, 5000, 210000])  # the last: streaming stores (> 16 MiB)
 def test_group_means_equal_torch_adds_then_divide(groups, d, threads, monkeypatch):
-    from common import preagg
-
     monkeypatch.setattr(native, "_MIN_SPLIT", 1)
     x = _strided(7, d) if d != 210000 else torch.randn(30, d)
     x[2, 0] = float("nan")  # spoils only the groups holding row 2
-    out = preagg._group_means(x, groups)
+    out = group_means(x, groups)
     with monkeypatch.context() as m:
         m.setitem(native._state, "lib", None)
-        ref = preagg._group_means(x, groups)
+        ref = group_means(x, groups)
     assert torch.equal(out.isnan(), ref.isnan())
     assert torch.equal(out.nan_to_num(), ref.nan_to_num())
     assert torch.equal(out[:, 0].isnan(), torch.tensor([2 in g for g in groups]))
@@ -138,12 +137,11 @@ def test_group_means_equal_torch_adds_then_divide(groups, d, threads, monkeypatc
 
 
 def test_group_plan_sums_shared_members_once_and_equal_groups_once():
-    from common.preagg import _group_plan
 
-    core, parts = _group_plan(GROUPS[1])
+    core, parts = group_plan(GROUPS[1])
     assert core == [0, 1, 2]  # in the first group's order
     assert parts == [([4], [0, 2]), ([3], [1]), ([], [3])]
-    assert _group_plan(GROUPS[0]) == ([], [([3], [0]), ([0, 1], [1]), ([2, 4, 5], [2]),
+    assert group_plan(GROUPS[0]) == ([], [([3], [0]), ([0, 1], [1]), ([2, 4, 5], [2]),
                                            ([6, 0], [3]), ([1, 2], [4])])
 
 
@@ -219,8 +217,8 @@ def test_network_declines_what_it_cannot_hold():
 def test_rules_on_the_kernels_equal_rules_on_torch(monkeypatch):
     """Krum's choice, NNM, CClip (clipping and not), RFA, ALIE, the median: same results with
     and without the kernels."""
-    from common import attacks, preagg
-
+    from common import attacks
+    from common.aggregation import preagg
     g = torch.Generator().manual_seed(3)
     x = torch.randn(15, 30000, generator=g)
     x[:3] += 4.0  # three outliers
@@ -247,7 +245,10 @@ def test_every_vector_width_build_is_correct(flags, tmp_path):
     give the same results as float64 torch."""
     code = """
 import torch
-from common import native, preagg, sortnet
+from common.aggregation import native
+from common.aggregation import preagg
+from common.aggregation.preagg.mixing import group_means
+from common.aggregation import sortnet
 assert native.library() is not None
 g = torch.Generator().manual_seed(0)
 for n, d in [(1, 3), (5, 37), (11, 3001), (26, 5000)]:
@@ -267,11 +268,11 @@ for n, d in [(1, 3), (5, 37), (11, 3001), (26, 5000)]:
     if n > 1:
         torch.testing.assert_close(var.double(), x64.var(0), rtol=1e-5, atol=1e-5)
     groups = [list(range(n)), [n - 1], [0, n - 1]]
-    means = preagg._group_means(x, groups)
+    means = group_means(x, groups)
     torch.testing.assert_close(means.double(), torch.stack([x64[g].mean(0) for g in groups]),
                                rtol=1e-5, atol=1e-6)
     groups = [list(range(n)), list(range(n - 1, -1, -1)), list(range(n))]  # all core
-    means = preagg._group_means(x, groups)
+    means = group_means(x, groups)
     torch.testing.assert_close(means.double(), torch.stack([x64[g].mean(0) for g in groups]),
                                rtol=1e-5, atol=1e-6)
     if n >= 3:
@@ -291,7 +292,8 @@ def test_no_compiler_warns_once_and_falls_back(tmp_path):
     code = """
 import warnings
 import torch
-from common import native, rules
+from common.aggregation import native
+from common.aggregation import rules
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     x = torch.randn(9, 5000)
@@ -310,7 +312,7 @@ print("ok")
 
 
 def test_native_can_be_switched_off(tmp_path):
-    code = "from common import native; print(native.library() is None)"
+    code = "from common.aggregation import native; print(native.library() is None)"
     proc = run_python("-c", code, env={"BYZROBUST_NATIVE": "0",
                                        "BYZROBUST_CACHE": str(tmp_path)}, timeout=120)
     assert proc.stdout.strip() == "True", proc.stderr
@@ -318,7 +320,7 @@ def test_native_can_be_switched_off(tmp_path):
 
 
 def test_an_unwritable_cache_falls_back_to_the_temporary_directory():
-    code = "from common import native; print(native.library() is not None)"
+    code = "from common.aggregation import native; print(native.library() is not None)"
     proc = run_python("-c", code, env={"BYZROBUST_CACHE": "/dev/null/cache"}, timeout=120)
     assert proc.stdout.strip() == "True", proc.stderr
     assert "native kernels unavailable" not in proc.stderr

@@ -10,7 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import preagg as P
+from common.aggregation import native
+from common.aggregation import preagg as P
 from common.errors import ConfigError
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -149,7 +150,7 @@ def test_nnm_float32_equals_the_mixing_matrix(n, f, d, far, monkeypatch):
     w = torch.zeros(n, n, dtype=torch.float64).scatter_(1, nb, 1.0 / (n - f))
     out = P.nnm(x, f)
     torch.testing.assert_close(out.double(), w @ x.double(), rtol=1e-5, atol=1e-5)
-    monkeypatch.setitem(P.native._state, "lib", None)
+    monkeypatch.setitem(native._state, "lib", None)
     torch.testing.assert_close(P.nnm(x, f), out, rtol=1e-5, atol=1e-5)
 
 
@@ -202,10 +203,10 @@ def test_parse_chain():
 
 
 @pytest.mark.parametrize("spec,match", [
-    ("bucketing:x", "integer bucket size"),
-    ("bucketing:1.5", "integer bucket size"),
-    ("bucketing:0", "s >= 1"),
-    ("resampling:-2", "s >= 1"),
+    ("bucketing:x", "bucketing parameter s must be an integer"),
+    ("bucketing:1.5", "bucketing parameter s must be an integer"),
+    ("bucketing:0", "bucketing parameter s must be >= 1"),
+    ("resampling:-2", "resampling parameter s must be >= 1"),
     ("nnm:3", "takes no parameter"),
     ("bucketing:2,,nnm", "empty stage"),
     ("buckting:2", "unknown pre-aggregator 'buckting'; choose one of: bucketing, nnm, resampling"),

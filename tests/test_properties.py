@@ -27,16 +27,17 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from common import rules as R
+from common.aggregation import rules as R
+from common.aggregation.preagg import make_chain
+from common.errors import ConfigError
 from common.finite import all_finite, finite_rows
-from common.preagg import make_chain
 from master.messages import OK, sanitize
 
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 HOSTILE = ["plus", "minus", "mixed", "nan", "inf", "zero"]
-ALL_RULES = sorted(R.RULES)
+ALL_RULES = R.tensor_rule_names()
 
 
 def min_rows(name: str, f: int) -> int:
@@ -184,7 +185,7 @@ def test_rule_after_preaggregation_finite(case, pre):
     try:
         chain = make_chain(pre, n, f)
         R.make_rule(name, chain.out_count(n), f)
-    except R.ConfigError:
+    except ConfigError:
         assume(False)  # precondition not met after pre-aggregation: validate() rejects it
     x, honest = scenario(n, f, d, kind, seed, scale)
     out, _ = pipeline(name, x, honest, f, pre, seed)
@@ -251,7 +252,7 @@ def test_single_worker(name, d):
 
 def test_selection_rules_reject_too_few_rows():
     for name, n in (("krum", 2), ("multikrum", 2), ("bulyan", 2)):
-        with pytest.raises(R.ConfigError, match="needs n >="):
+        with pytest.raises(ConfigError, match="needs n >="):
             build(name, n, 0)
 
 
@@ -435,8 +436,8 @@ def test_oracle_ignores_byzantine_rows(case):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from common.config import parse_args
-    from common.problem import build_problem
+    from common.run.flags import parse_args
+    from common.run.problem import build_problem
 
     cfg, _ = parse_args(["-n", "5", "-f", "1", "--model", "softmax", "--agg", "cm", "--pre",
                          "none", "--attack", "none", "--rounds", "3", "--eval-every", "100",
@@ -466,11 +467,14 @@ class HostileTransport:
 
 
 def _trainer(tiny, tmp_path, spoil):
+    from common.protocols import protocol_of
     from master.trainer import Trainer
     from master.transport import InProcessTransport
+    from worker.group import make_worker_group
 
     cfg, problem = tiny
-    transport = HostileTransport(InProcessTransport(cfg, problem, torch.device("cpu")), spoil)
+    group = make_worker_group(cfg, problem, range(cfg.num_workers), torch.device("cpu"))
+    transport = HostileTransport(InProcessTransport(group, protocol_of(cfg)), spoil)
     return Trainer(cfg, problem, transport, str(tmp_path), torch.device("cpu"))
 
 

@@ -18,22 +18,13 @@ import pytest
 import torch
 
 import main as main_mod
-from common import io as cio
-from common.io import read_metrics
+from common.run import io as cio
+from common.run.io import read_metrics
 from tests.processes import final_params, running
 
 K = 3
 BASE = ["-n", "6", "-f", "1", "--model", "softmax", "--eval-every", str(K), "--no-progress",
         "--checkpoint-every", "1", "--batch_size", "16"]
-
-
-def _diversefl_available() -> bool:
-    try:
-        import master.diversefl  # noqa: F401
-        from common.config import extra_rule_names
-    except ImportError:
-        return False
-    return "diversefl" in extra_rule_names()
 
 
 CASES = {
@@ -65,13 +56,6 @@ def run(argv):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_resume_equals_uninterrupted(case, tmp_path):
-    if case == "diversefl" and not _diversefl_available():
-        pytest.skip("DiverseFL (master/diversefl.py, --agg diversefl) is not available")
-    from common.config import extra_rule_names
-    from common.rules import rule_names
-
-    if CASES[case][CASES[case].index("--agg") + 1] not in rule_names() + extra_rule_names():
-        pytest.skip(f"--agg {case} is not available")
     flags = BASE + CASES[case]
     full, part = tmp_path / "full", tmp_path / "part"
     s_full = run(flags + ["--rounds", 2 * K, "-o", full])

@@ -7,14 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from common.attacks import make_attack
-from common.config import Config, parse_args
 from common.errors import ConfigError
-from common.io import load_torch
-from common.problem import build_problem
-from master.rsa import RSAMaster, rsa_master_direction
+from common.protocols import protocol_of
+from common.protocols.rsa import RSAClients, RSAMaster, rsa_client_step, rsa_master_direction
+from common.run.config import Config
+from common.run.flags import parse_args
+from common.run.io import load_torch
+from common.run.problem import build_problem
 from master.server import Server
 from worker.group import make_worker_group
-from worker.rsa import RSAGroup, rsa_client_step
 
 
 def test_client_step_by_hand():
@@ -38,7 +39,7 @@ def _cfg(**kw) -> Config:
                 byz_schedule="fixed", agg="rsa", pre="none", momentum=0.0, attack="signflip",
                 lr=0.1, rsa_delta=0.5, batch_size=4)
     base.update(kw)
-    return Config(**base)
+    return Config.from_dict(base)
 
 
 def test_server_step_with_weight_decay_by_hand():
@@ -62,11 +63,11 @@ def test_group_round_matches_autograd_and_reflects_byzantine(path):
     cfg = _cfg(grad_path=path)
     problem = build_problem(cfg)
     attack = make_attack("signflip", 3, 1, 10)
-    group = make_worker_group(cfg, problem, range(3), attack, torch.device("cpu"))
-    assert isinstance(group, RSAGroup)
+    group = make_worker_group(cfg, problem, range(3), torch.device("cpu"), attack=attack)
+    assert isinstance(group.clients, RSAClients)
     torch.manual_seed(0)
-    group.thetas = problem.init_params + 0.1 * torch.randn(3, problem.dim)
-    start = group.thetas.clone()
+    group.state["thetas"].copy_(problem.init_params + 0.1 * torch.randn(3, problem.dim))
+    start = group.state["thetas"].clone()
     theta_m = problem.init_params + 0.1 * torch.randn(problem.dim)
     byz = torch.tensor([False, False, True])
     x, y = group.round_batches(0, byz)
@@ -77,20 +78,20 @@ def test_group_round_matches_autograd_and_reflects_byzantine(path):
         F.cross_entropy(problem.model(x[j]), y[j]).backward()
         g = torch.cat([p.grad.reshape(-1) for p in problem.model.parameters()])
         want = start[j] - 0.1 * (g / 3 + 0.5 * torch.sign(start[j] - theta_m))
-        assert torch.allclose(group.thetas[j], want, atol=1e-6)
-    assert torch.allclose(msgs[:2], group.thetas[:2])
+        assert torch.allclose(group.state["thetas"][j], want, atol=1e-6)
+    assert torch.allclose(msgs[:2], group.state["thetas"][:2])
     # signflip on models: the reflection of the client's model about theta_M
-    assert torch.allclose(msgs[2], 2 * theta_m - group.thetas[2], atol=1e-6)
+    assert torch.allclose(msgs[2], 2 * theta_m - group.state["thetas"][2], atol=1e-6)
 
 
 def test_backdoor_upload_is_model_replacement():
     cfg = _cfg(attack="backdoor", byz_schedule="random")
     problem = build_problem(cfg)
-    group = RSAGroup(cfg, problem, range(3), make_attack("backdoor", 3, 1, 10),
-                     torch.device("cpu"))
+    group = make_worker_group(cfg, problem, range(3), torch.device("cpu"),
+                              attack=make_attack("backdoor", 3, 1, 10))
     theta_m = torch.full((problem.dim,), 0.01)
     msgs = group.compute(theta_m, 0, torch.tensor([True, False, False]))
-    assert torch.allclose(msgs[0], theta_m + 4 * (group.thetas[0] - theta_m), atol=1e-6)
+    assert torch.allclose(msgs[0], theta_m + 4 * (group.state["thetas"][0] - theta_m), atol=1e-6)
 
 
 def test_config_rejects_momentum_and_preaggregation():
@@ -101,7 +102,7 @@ def test_config_rejects_momentum_and_preaggregation():
     with pytest.raises(ConfigError, match="rsa-delta"):
         parse_args(["--agg", "rsa", "--momentum", "0", "--pre", "none", "--rsa-delta", "-1"])
     cfg, _ = parse_args(["--agg", "rsa", "--momentum", "0", "--pre", "none"])
-    assert cfg.protocol == "model"
+    assert protocol_of(cfg).name == "model"
 
 
 @pytest.mark.slow

@@ -10,8 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import rules as R
-from common import sortnet
+from common.aggregation import rules as R
+from common.aggregation import sortnet
+from common.aggregation.rules import cclip as C
+from common.aggregation.tensors import pairwise_sq_distances
 from common.errors import ConfigError
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -188,7 +190,7 @@ def test_identical_rows_are_at_distance_zero_in_any_order(dtype, scale):
     x = torch.randn(9, 5, generator=g, dtype=dtype)
     x[[2, 5, 7]] = scale * torch.tensor([1.0, -2.0, 3.0, 0.5, 7.0], dtype=dtype)
     for perm in (torch.arange(9), torch.tensor([8, 7, 6, 5, 4, 3, 2, 1, 0])):
-        d = R.pairwise_sq_distances(x[perm])
+        d = pairwise_sq_distances(x[perm])
         inv = torch.argsort(perm)
         d = d[inv][:, inv]
         assert d[2, 5] == 0 and d[5, 7] == 0 and d[2, 7] == 0
@@ -233,14 +235,14 @@ def test_cclip_on_coefficients_equals_cclip_on_rows(n, d, spread, iters):
     x = torch.randn(n, d, generator=g) * spread + 0.5
     v = torch.randn(d, generator=g) * 0.1
     tau = float(spread) * math.sqrt(d) * 0.4  # rows clipped in every iteration
-    fast = R._centered_clip_gram(x, v, tau, iters)
+    fast = C._centered_clip_gram(x, v, tau, iters)
     assert fast is not None
-    old = R._CCLIP_GRAM_MAX_N
+    old = C._CCLIP_GRAM_MAX_N
     try:
-        R._CCLIP_GRAM_MAX_N = 0
-        slow = R._centered_clip(x, v, tau, iters)
+        C._CCLIP_GRAM_MAX_N = 0
+        slow = C._centered_clip(x, v, tau, iters)
     finally:
-        R._CCLIP_GRAM_MAX_N = old
+        C._CCLIP_GRAM_MAX_N = old
     assert fast[1] == slow[1] and 0 < fast[1] <= n
     torch.testing.assert_close(fast[0], slow[0], rtol=1e-5, atol=1e-5 * spread)
 
@@ -248,18 +250,18 @@ def test_cclip_on_coefficients_equals_cclip_on_rows(n, d, spread, iters):
 def test_cclip_on_coefficients_declines_what_it_cannot_resolve(monkeypatch):
     x = torch.randn(4, 1000)
     v = torch.zeros(1000)
-    assert R._centered_clip_gram(x, v, 10.0, 3) is not None
-    assert R._centered_clip_gram(x.double(), v.double(), 10.0, 3) is None  # no kernel
+    assert C._centered_clip_gram(x, v, 10.0, 3) is not None
+    assert C._centered_clip_gram(x.double(), v.double(), 10.0, 3) is None  # no kernel
     with monkeypatch.context() as m:
         # a Gram matrix this coarse could move the clipping weights by more than 1e-4
-        m.setattr(R.native, "gram_rounding", lambda x, z: 1e-3)
-        assert R._centered_clip_gram(x, v, 10.0, 3) is None
+        m.setattr(C.native, "gram_rounding", lambda x, z: 1e-3)
+        assert C._centered_clip_gram(x, v, 10.0, 3) is None
     bad = x.clone()
     bad[1, 3] = float("inf")
-    assert R._centered_clip_gram(bad, v, 10.0, 3) is None
+    assert C._centered_clip_gram(bad, v, 10.0, 3) is None
     # ... and the rule then iterates over the rows
     out = R.centered_clip(bad, v, tau=10.0, iters=3)
-    monkeypatch.setattr(R, "_CCLIP_GRAM_MAX_N", 0)
+    monkeypatch.setattr(C, "_CCLIP_GRAM_MAX_N", 0)
     assert torch.equal(out, R.centered_clip(bad, v, tau=10.0, iters=3))
 
 
@@ -487,8 +489,8 @@ def test_none_params_mean_default():
                           R.geometric_median(x, 8, 0.1))
     assert torch.allclose(R.make_rule("multikrum", 9, 2, m=None, neighbours=None)(x),
                           R.multikrum(x, 2, 7, 5))
-    assert R.make_rule("cclip", 9, 2, tau=None).params == {"tau": 10.0, "iters": 3}
-    assert R.make_rule("krum", 9, 2, neighbours="3").params == {"neighbours": 3}
+    assert R.make_rule("cclip", 9, 2, tau=None).values == {"tau": 10.0, "iters": 3}
+    assert R.make_rule("krum", 9, 2, neighbours="3").values == {"neighbours": 3}
 
 
 # ------------------------------------------------------------------------------------------
@@ -524,14 +526,14 @@ def test_huge_values_krum_scores_keep_ranking():
 def test_pairwise_distances_nonfinite_rows_are_infinitely_far():
     x = randn(5, 4, 0)
     x[1, 2] = math.nan
-    d = R.pairwise_sq_distances(x)
+    d = pairwise_sq_distances(x)
     assert bool(torch.isinf(d[1, [0, 2, 3, 4]]).all()) and float(d[1, 1]) == 0
     assert bool(torch.isfinite(d[[0, 2, 3, 4]][:, [0, 2, 3, 4]]).all())
     # Krum ignores the bad row
     assert 1 not in R.select_multikrum(x, 1, 4).tolist()
 
 
-@pytest.mark.parametrize("name", sorted(set(R.rule_names())))
+@pytest.mark.parametrize("name", R.tensor_rule_names())
 @pytest.mark.parametrize("shape", [(1, 1), (1, 5), (3, 1), (4, 1)])
 def test_small_shapes(name, shape):
     n, d = shape
@@ -546,7 +548,7 @@ def test_small_shapes(name, shape):
         assert torch.allclose(out, x[0])
 
 
-@pytest.mark.parametrize("name", sorted(set(R.rule_names())))
+@pytest.mark.parametrize("name", R.tensor_rule_names())
 def test_identical_rows(name):
     row = T([1.5, -2.0, 0.0, 3.0])
     x = row.repeat(7, 1)
@@ -556,7 +558,7 @@ def test_identical_rows(name):
     assert torch.allclose(out, expected, atol=1e-6), name
 
 
-@pytest.mark.parametrize("name", sorted(set(R.rule_names())))
+@pytest.mark.parametrize("name", R.tensor_rule_names())
 def test_dtype_and_device_preserved(name):
     x = randn(7, 5, 0, torch.float32)
     out = R.make_rule(name, 7, 1)(x, honest=torch.ones(7, dtype=torch.bool))
@@ -564,7 +566,7 @@ def test_dtype_and_device_preserved(name):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
-@pytest.mark.parametrize("name", sorted(set(R.rule_names())))
+@pytest.mark.parametrize("name", R.tensor_rule_names())
 def test_cuda_matches_cpu(name):
     x = randn(9, 3000, 0, torch.float32)
     cpu = R.make_rule(name, 9, 2)(x, honest=torch.ones(9, dtype=torch.bool))

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.config import Config, parse_args
-from common.schedule import ByzantineSchedule, learning_rate
+from common.run.config import Config
+from common.run.flags import parse_args
+from common.run.schedule import ByzantineSchedule, learning_rate
 
 
 def _masks(cfg: Config, rounds: int) -> np.ndarray:

@@ -18,14 +18,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.config import Config, parse_args
-from common.errors import ConfigError
-from common.problem import build_problem
-from master.server import Server
-from master.signsgd import MajorityVote
-from worker.coded import CodedGroup, VoteWire, code_for
-from worker.group import make_worker_group
 from common.attacks import make_attack
+from common.errors import ConfigError
+from common.protocols import protocol_of
+from common.protocols.sign import MajorityVote, code_for
+from common.run.config import Config
+from common.run.flags import parse_args
+from common.run.problem import build_problem
+from common.wire.formats import VoteWire
+from master.server import Server
+from worker.group import make_worker_group
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_CMD = "--trial_idx 1 --num_nodes 5 --num_Byz_nodes 1 --batch_size 120".split()
@@ -42,7 +44,7 @@ def coded_cfg(*extra: str) -> Config:
 
 def test_seed_command_selects_signsgd_with_the_papers_master():
     cfg = coded_cfg()
-    assert cfg.protocol == "sign" and cfg.agg == "signmv"
+    assert protocol_of(cfg).name == "sign" and cfg.agg == "signmv"
     assert (cfg.attack, cfg.pre, cfg.partition, cfg.momentum) == ("reverse", "none", "iid", 0.0)
     assert (cfg.server_momentum, cfg.weight_decay, cfg.lr) == (0.9, 1e-4, 1e-3)
     assert np.array_equal(code_for(cfg), PAPER)
@@ -53,7 +55,7 @@ def test_explicit_flags_win_over_the_election_defaults():
     assert (cfg.attack, cfg.lr, cfg.server_momentum) == ("directional", 0.01, 0.5)
     # a coding flag next to an explicit gradient rule leaves that run alone
     cfg, _ = parse_args(["--redundancy", "2", "-n", "5", "-f", "1", "--agg", "cm"])
-    assert cfg.protocol == "gradient" and cfg.attack == "alie" and cfg.momentum == 0.9
+    assert protocol_of(cfg).name == "gradient" and cfg.attack == "alie" and cfg.momentum == 0.9
 
 
 def test_cifar10_gets_the_papers_resnet18_schedule():
@@ -68,7 +70,7 @@ def test_cifar10_gets_the_papers_resnet18_schedule():
 
 @pytest.mark.parametrize("argv,needle", [
     ("-n 5 -f 1 --deterministic True --redundancy 2.7", "no known deterministic code for n=5, r=2.7"),
-    ("-n 5 -f 1 --agg signmv --attack alie", "does not act on sign votes; choose one of: none, reverse"),
+    ("-n 5 -f 1 --agg signmv --attack alie", "does not act on sign votes; choose one of: bitflip, directional, none, random, reverse"),
     ("-n 5 -f 1 --agg signmv --pre bucketing:2", "use --pre none"),
     ("-n 5 -f 1 --agg signmv --momentum 0.9", "use --momentum 0"),
     ("-n 5 -f 1 --agg signmv --noniid", "--partition noniid does not apply"),
@@ -143,9 +145,9 @@ def test_master_vote_and_step_by_hand():
 
 # -- coded workers ----------------------------------------------------------------------------
 
-def _reference_slice_signs(group: CodedGroup, params: torch.Tensor, t: int) -> torch.Tensor:
+def _reference_slice_signs(group, params: torch.Tensor, t: int) -> torch.Tensor:
     """(n, d) signs of the n slice gradients by plain autograd, one slice at a time."""
-    idx = group.slice_indices(t)
+    idx = group.clients.slice_indices(t)
     model = group.problem.model
     group.flat.load_into(model, params)
     out = []
@@ -161,7 +163,7 @@ def _group(cfg: Config, ids=None):
     problem = build_problem(cfg)
     attack = make_attack(cfg.attack, cfg.num_workers, cfg.num_byzantine, 10)
     ids = range(cfg.num_workers) if ids is None else ids
-    return make_worker_group(cfg, problem, ids, attack, torch.device("cpu")), problem
+    return make_worker_group(cfg, problem, ids, torch.device("cpu"), attack=attack), problem
 
 
 def test_slices_are_an_epoch_permutation_of_the_training_set():
@@ -169,11 +171,11 @@ def test_slices_are_an_epoch_permutation_of_the_training_set():
     N = len(problem.dataset.y_train)
     per_round = 120
     rounds = -(-N // per_round)
-    seen = torch.cat([group.slice_indices(t).flatten() for t in range(rounds)])
+    seen = torch.cat([group.clients.slice_indices(t).flatten() for t in range(rounds)])
     # the first epoch's N samples are all distinct, the rest of the last round starts epoch 2
-    assert group.slice_indices(0).shape == (5, 24)
+    assert group.clients.slice_indices(0).shape == (5, 24)
     assert len(torch.unique(seen[:N])) == N
-    assert not torch.equal(group.slice_indices(0), group.slice_indices(rounds))
+    assert not torch.equal(group.clients.slice_indices(0), group.clients.slice_indices(rounds))
 
 
 @pytest.mark.parametrize("path", ["linear", "vmap", "loop"])
@@ -184,7 +186,7 @@ def test_node_votes_match_an_independent_computation(path):
                                                       generator=torch.Generator().manual_seed(0))
     t = 3
     byz = torch.tensor([False] * 4 + [True])
-    votes = group.votes(params, t, byz)
+    votes = group.clients.votes(params, t, byz)
     S = _reference_slice_signs(group, params, t)
     honest = torch.sign(torch.as_tensor(PAPER, dtype=torch.float32) @ S)
     # 1-bit nodes break exact ties (zero slice gradients: e.g. always-blank pixels) by a coin
@@ -192,7 +194,7 @@ def test_node_votes_match_an_independent_computation(path):
     assert tie.any(), "digits has blank pixels: some slice gradients are exactly 0"
     assert torch.equal(votes[:4][~tie[:4]], honest[:4][~tie[:4]])
     assert set(votes.unique().tolist()) == {-1.0, 1.0}
-    assert torch.equal(votes[4], -group.votes(params, t, torch.zeros(5, dtype=torch.bool))[4])
+    assert torch.equal(votes[4], -group.clients.votes(params, t, torch.zeros(5, dtype=torch.bool))[4])
     # the code tolerates one Byzantine node: the master's vote is the slice majority
     # wherever no slice gradient is exactly zero
     master = torch.sign(votes.sum(0))
@@ -203,7 +205,7 @@ def test_node_votes_match_an_independent_computation(path):
 def test_plain_mv_loses_the_majority_to_one_reverse_node():
     cfg, _ = parse_args([*SEED_CMD, "--deterministic", "True", "--redundancy", "1"])
     group, problem = _group(cfg)
-    votes = group.votes(problem.init_params, 0, torch.tensor([False] * 4 + [True]))
+    votes = group.clients.votes(problem.init_params, 0, torch.tensor([False] * 4 + [True]))
     S = _reference_slice_signs(group, problem.init_params, 0)
     clean = (S != 0).all(0)
     wrong = (torch.sign(votes.sum(0)) != torch.sign(S.sum(0))) & clean
@@ -270,7 +272,7 @@ def test_seed_commands_run_as_written(tmp_path):
 
 def test_resume_continues_to_the_same_model(tmp_path):
     import main as main_mod
-    from common.io import load_torch
+    from common.run.io import load_torch
 
     flags = [*SEED_CMD, "--redundancy", "2.5", "--attack", "random", "--eval-every", "2",
              "--no-progress"]

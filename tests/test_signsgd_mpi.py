@@ -9,11 +9,12 @@ import shutil
 import pytest
 import torch
 
-from common.config import Config
-from common.io import read_metrics
-from common.problem import build_problem
+from common.protocols.sign import code_for
+from common.run.config import Config
+from common.run.io import read_metrics
+from common.run.problem import build_problem
+from common.wire.formats import VoteWire
 from tests.processes import final_params, run_mpi
-from worker.coded import VoteWire, code_for
 
 SEED_CMD = "--trial_idx 1 --num_nodes 5 --num_Byz_nodes 1 --batch_size 120".split()
 

@@ -1,4 +1,4 @@
-"""common.startup: glibc's malloc keeps a round's few-MiB temporaries on the heap, where a freed
+"""common.run.startup: glibc's malloc keeps a round's few-MiB temporaries on the heap, where a freed
 buffer is reused without new page faults, instead of a fresh mapping per buffer; a threshold the
 user set in the environment is kept."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from tests.processes import run_python
 
 # Bytes held in mmap'ed chunks (glibc mallinfo2().hblkhd) while a 12 MB tensor is alive.
 _SNIPPET = """
-import ctypes, common.startup, torch
+import ctypes, common.run.startup, torch
 
 class Info(ctypes.Structure):
     _fields_ = [(k, ctypes.c_size_t) for k in ("arena", "ordblks", "smblks", "hblks", "hblkhd",

@@ -12,9 +12,10 @@ import subprocess
 import pytest
 
 import main as main_mod
-from common.cli import resolve_run
-from common.config import Config, parse_args, validate
 from common.errors import ConfigError
+from common.run.cli import resolve_run
+from common.run.config import Config, validate
+from common.run.flags import parse_args
 from tests.processes import run_python
 
 # (argv, a substring the one-line message must contain: it names the flag or the bound)
@@ -34,11 +35,11 @@ BAD = [
     ("-n 5 -f 7", "0 <= f < n, got f=7, n=5"),
     ("-f -1", "0 <= f < n, got f=-1"),
     ("--defense-f 30", "--defense-f must satisfy 0 <= f < n"),
-    ("--pre bucketing:0", "bucketing needs s >= 1"),
-    ("--pre bucketing:-1", "bucketing needs s >= 1"),
-    ("--pre bucketing:x", "integer bucket size"),
+    ("--pre bucketing:0", "bucketing parameter s must be >= 1"),
+    ("--pre bucketing:-1", "bucketing parameter s must be >= 1"),
+    ("--pre bucketing:x", "bucketing parameter s must be an integer"),
     ("--bucketing -1", "--bucketing S needs a bucket size S >= 1"),
-    ("--pre resampling:0", "resampling needs s >= 1"),
+    ("--pre resampling:0", "resampling parameter s must be >= 1"),
     ("--eps1 2 --eps2 1", "--eps1 < --eps2"),
     ("--eps1 1 --eps2 1", "--eps1 < --eps2"),
     ("--redundancy 0", "--redundancy r"),
@@ -423,7 +424,7 @@ def test_subprocess_exit_code_2_without_traceback(argv, needle, tmp_path):
 
 
 def _typed_actions():
-    from common.config import build_parser
+    from common.run.flags import build_parser
 
     for a in build_parser()._actions:
         if a.option_strings and a.type in (int, float):
@@ -443,7 +444,7 @@ def test_every_numeric_flag_rejects_text_and_nonfinite(action):
 
 
 def test_every_choice_flag_lists_its_choices():
-    from common.config import build_parser
+    from common.run.flags import build_parser
 
     for a in build_parser()._actions:
         if a.option_strings and a.choices:

@@ -1,11 +1,14 @@
-"""A group of k workers computing all their messages for a round in one call.
+"""A group of k workers: their data, batches, gradients, state and attack, for all k at once.
 
 ``main.py`` hosts one group of all n workers; under MPI each worker rank hosts a contiguous
-group. Gradients come from the fastest path for the model (see :data:`FAST_PATH`): for models
-made only of Linear layers one forward/backward over the whole group plus a batched product per
-layer (:mod:`worker.linear_grads`), otherwise one ``torch.func`` ``vmap(grad)`` call or a plain
-per-worker loop of forward/backward (faster for convolutional models on CPU, where vmap's
-batched convolutions lose to the native kernels; measured by ``bench/rounds.py``).
+group. What the group sends each round is its protocol's: the protocol's client object
+(:meth:`common.protocols.Protocol.clients`) drives the group's capabilities below (the
+gradient protocol: :meth:`WorkerGroup.momentum_messages`; election coding: slice gradients and
+votes; RSA: gradients at the clients' own models). Gradients come from the fastest path for the
+model (:mod:`common.compute.paths`): for models made only of Linear layers one forward/backward
+over the whole group plus a batched product per layer (:mod:`common.compute.linear_grads`),
+otherwise one ``torch.func`` ``vmap(grad)`` call or a plain per-worker loop (faster for
+convolutional models on CPU; measured by ``bench/rounds.py``).
 
 Everything random is keyed by (seed, round, worker) (:mod:`common.seeding`), so a worker's
 message does not depend on which group hosts it: one process and many ranks agree.
@@ -16,35 +19,31 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
-from common.attacks import Attack, AttackInput
-from common.config import Config
+from common.aggregation.rules import RULES
+from common.attacks import Attack, AttackInput, make_attack
+from common.compute.linear_grads import linear_layers, per_worker_gradients
+from common.compute.paths import choose_path
+from common.data.partition import pad_shards, sample_batches
 from common.errors import ConfigError
-from common.partition import pad_shards, sample_batches
-from common.problem import Problem
+from common.protocols import protocol_of
 from common.rows import put_rows, row_block, take_rows
+from common.run.config import Config
+from common.run.problem import Problem
 from common.seeding import round_generator
-from worker.backdoor import BackdoorSampler
-from worker.linear_grads import linear_layers, per_worker_gradients
 
-# Which gradient path "auto" picks, by model (bench/rounds.py measures both on this CPU).
-FAST_PATH = {"softmax": "linear", "mlp": "linear", "cnn": "loop", "resnet20": "loop",
-             "resnet18": "loop", "vgg11": "loop"}
-
-
-def choose_path(cfg: Config, model: nn.Module) -> str:
-    """``--grad-path``, or for ``auto`` the model's :data:`FAST_PATH` entry, with vmap in place
-    of the linear path when ``model`` has parameters outside Linear layers."""
-    if cfg.grad_path != "auto":
-        return cfg.grad_path
-    path = FAST_PATH.get(cfg.model, "loop")
-    return "vmap" if path == "linear" and linear_layers(model) is None else path
+__all__ = ["WorkerGroup", "make_worker_group"]
 
 
 class WorkerGroup:
-    """Workers ``ids`` (a contiguous range of global worker indices) of one process."""
+    """Workers ``ids`` (a contiguous range of global worker indices) of one process.
+
+    ``state``: the per-worker tensors the protocol keeps (its ``state_schema``: momenta, RSA's
+    models), checkpointed with the attack's state; ``clients``: the protocol's round;
+    ``wire``: its message format.
+    """
 
     def __init__(self, cfg: Config, problem: Problem, ids: range, attack: Attack,
                  device: torch.device) -> None:
@@ -64,12 +63,23 @@ class WorkerGroup:
             raise ConfigError(f"--grad-path linear needs a model whose parameters all belong to "
                               f"Linear layers (softmax, mlp); {cfg.model} has others: use "
                               "auto, vmap or loop")
-        self.momenta = torch.zeros(self.k, problem.dim, device=device)
+        protocol = protocol_of(cfg)
+        self.state: dict[str, Tensor] = {
+            name: torch.zeros(self.k, *shape, dtype=dtype, device=device)
+            for name, (shape, dtype) in protocol.state_schema(cfg, problem.dim).items()}
         self._lent: tuple[Tensor, Tensor] | None = None  # (rows, their momenta): see compute()
         self.losses = torch.zeros(self.k)
         self._vgrad = vmap(grad_and_value(self._loss), in_dims=(None, 0, 0))
-        self.backdoor = (BackdoorSampler(cfg, problem, ids, attack.source, device)
-                         if cfg.attack == "backdoor" else None)
+        self._vgrad_own = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0))
+        self.sampler = attack.batch_sampler(problem, ids, cfg.num_workers, cfg.run_seed, device)
+        self.upload = RULES.get(cfg.agg).upload_transform(cfg.rule_values)
+        self.wire = protocol.wire(cfg, problem.dim)
+        self.clients = protocol.clients(self)
+
+    @property
+    def momenta(self) -> Tensor:
+        """The workers' momentum buffers (the gradient protocol's state)."""
+        return self.state["momenta"]
 
     # -- gradients -----------------------------------------------------------------------------
     def _loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -87,11 +97,12 @@ class WorkerGroup:
         return x, self.y[idx]
 
     def round_batches(self, t: int, byz: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`batches` with the Byzantine rows' data attack applied (backdoor mix, labels)."""
+        """:meth:`batches` with the Byzantine rows' data attack applied (the attack's batch
+        sampler, e.g. the backdoor's mix, and its labels)."""
         x, y = self.batches(t)
         if byz.any():
-            if self.backdoor is not None:
-                x, y = self.backdoor.compose(self.x, self.y, x, y, byz, t)
+            if self.sampler is not None:
+                x, y = self.sampler.compose(self.x, self.y, x, y, byz, t)
             y = y.clone()
             y[byz] = self.attack.poison_labels(y[byz])
         return x, y
@@ -148,11 +159,35 @@ class WorkerGroup:
             losses.append(loss.detach())
         self.losses = torch.stack(losses).cpu()
 
+    def model_gradients(self, thetas: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """(k, d) gradient of client j's minibatch loss at its own model ``thetas[j]``."""
+        if self.path != "loop":  # per-client models: the linear path's shared layers do not apply
+            grads, losses = self._vgrad_own(self.flat.views(thetas), x, y)
+            self.losses = losses.detach().cpu()
+            return self.flat.flatten_dict(grads, self.k)
+        out = torch.empty(self.k, self.flat.dim, device=self.device)
+        losses = []
+        for i in range(self.k):
+            self.flat.load_into(self.model, thetas[i])
+            self.model.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model(x[i]), y[i])
+            loss.backward()
+            self.flat.flatten_grads(self.model, out[i])
+            losses.append(loss.detach())
+        self.losses = torch.stack(losses).cpu()
+        return out
+
     # -- messages ------------------------------------------------------------------------------
     def compute(self, params: Tensor, t: int, byz: Tensor) -> Tensor:
-        """The group's (k, d) messages for round t. ``byz`` is the group's (k,) Byzantine mask.
+        """The group's messages for round t (``byz``: the group's (k,) Byzantine mask), as its
+        protocol computes them (:meth:`common.protocols.Protocol.clients`)."""
+        return self.clients.compute(params, t, byz)
 
-        Honest rows are the workers' momenta (plus upload noise under ``nmedian``). Byzantine rows
+    def momentum_messages(self, params: Tensor, t: int, byz: Tensor) -> Tensor:
+        """The group's (k, d) momentum messages for round t (the gradient protocol's round).
+
+        Honest rows are the workers' momenta (changed before upload where the rule says so:
+        :meth:`common.aggregation.rules.Rule.upload_transform`, the noisy median). Byzantine rows
         are already attacked for attacks that need only their own data; for omniscient attacks
         they hold the worker's own momentum (zero where :meth:`_rows_to_compute` skipped it) and
         :meth:`craft` replaces them once the honest messages of the round are known.
@@ -160,8 +195,8 @@ class WorkerGroup:
         The returned tensor *is* the momentum buffer (no (k, d) copy: at ResNet-18 size with
         n = 100 that copy is 4 GiB). Callers may overwrite the Byzantine rows in place (attacks),
         and the server zeroes non-finite rows in place; the Byzantine workers' own momenta are
-        lent out and put back at the next :meth:`compute` or :meth:`state_dict`. (Under
-        ``nmedian`` the honest rows get upload noise, so the messages are a copy.)
+        lent out and put back at the next call or :meth:`state_dict`. (Where honest uploads are
+        transformed, the messages are a copy.)
         """
         h = self._rows_to_compute(byz)
         self._restore_lent(zero=h == self.k)
@@ -173,9 +208,10 @@ class WorkerGroup:
             losses = torch.cat([self.losses, losses])
         self.losses = losses
         rows = byz.nonzero().flatten()
-        if self.cfg.agg == "nmedian":
+        if self.upload is not None:
             msgs = self.momenta.clone()
-            self._add_upload_noise(msgs, t, ~byz)
+            self.upload(msgs, (~byz).nonzero().flatten().tolist(), t, self.ids.start,
+                        self.cfg.run_seed)
         else:
             msgs = self.momenta
             if len(rows):
@@ -189,7 +225,7 @@ class WorkerGroup:
         """Replace the Byzantine rows ``rows`` of ``msgs`` by their attacked messages (written in
         place when the rows are consecutive)."""
         block = row_block(msgs, rows)
-        crafted = self.craft(self.own_rows(msgs, rows), honest, t, rows, out=block)
+        crafted = self.clients.craft(self.own_rows(msgs, rows), honest, t, rows, out=block)
         if block is None:
             put_rows(msgs, rows, crafted)
 
@@ -229,10 +265,16 @@ class WorkerGroup:
 
     def craft(self, own: Tensor, honest: Tensor | None, t: int, local_rows: Tensor,
               out: Tensor | None = None) -> Tensor:
-        """Attacked messages of the group's Byzantine workers ``local_rows`` (own: their
-        momenta); written into ``out`` if given (see :meth:`Attack.craft`)."""
+        """Attacked messages of the group's Byzantine workers ``local_rows`` (own: their own
+        messages), as the protocol has the attack act (e.g. RSA: on model displacements)."""
+        return self.clients.craft(own, honest, t, local_rows, out)
+
+    def attack_craft(self, own: Tensor, honest: Tensor | None, t: int, local_rows: Tensor,
+                     out: Tensor | None = None) -> Tensor:
+        """The attack applied to ``own`` (written into ``out`` if given; see
+        :meth:`Attack.craft`): one call, or one per worker with its own generator."""
         seed = self.cfg.run_seed
-        if getattr(self.attack, "per_worker_random", False):
+        if self.attack.per_worker_random:
             # One generator per worker keeps random attacks independent of how workers are grouped.
             rows = [self.attack.craft(AttackInput(own=own[j:j + 1], honest=honest,
                                                   n=self.cfg.num_workers, round=t,
@@ -245,33 +287,23 @@ class WorkerGroup:
                           generator=round_generator(seed, t, "attack"))
         return self.attack.craft(inp, out).to(own.device)
 
-    def _add_upload_noise(self, msgs: Tensor, t: int, honest: Tensor) -> None:
-        """Noisy median (Chen et al.): honest workers add N(0, sigma^2 I) before upload."""
-        for j in honest.nonzero().flatten().tolist():
-            g = round_generator(self.cfg.run_seed, t, "nmedian", self.ids.start + j)
-            noise = torch.randn(self.flat.dim, generator=g).to(self.device)
-            msgs[j].add_(noise, alpha=self.cfg.nmedian_std)
-
     # -- checkpoint ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The per-worker tensors (on the CPU) and the attack's state."""
         self._restore_lent()
-        return {"momenta": self.momenta.cpu(), "attack": self.attack.state_dict()}
+        return {**{k: v.cpu() for k, v in self.state.items()}, "attack": self.attack.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
         self._lent = None
-        self.momenta.copy_(d["momenta"].to(self.device))
+        for k, v in self.state.items():
+            v.copy_(d[k].to(self.device))
         self.attack.load_state_dict(d["attack"])
 
 
-def make_worker_group(cfg: Config, problem: Problem, ids: range, attack: Attack,
-                      device: torch.device) -> WorkerGroup:
-    """The worker group for ``cfg.protocol``: RSA clients keep their own models (worker/rsa.py)."""
-    if cfg.protocol == "model":
-        from worker.rsa import RSAGroup  # imports this module
-
-        return RSAGroup(cfg, problem, ids, attack, device)
-    if cfg.protocol == "sign":  # election-coded signSGD nodes send packed votes
-        from worker.coded import CodedGroup  # imports this module
-
-        return CodedGroup(cfg, problem, ids, attack, device)
+def make_worker_group(cfg: Config, problem: Problem, ids: range, device: torch.device,
+                      attack: Attack | None = None) -> WorkerGroup:
+    """The worker group of ``ids``, with a fresh attack object unless ``attack`` is given."""
+    if attack is None:
+        attack = make_attack(cfg.attack, cfg.num_workers, cfg.num_byzantine,
+                             problem.dataset.num_classes, **cfg.attack_params)
     return WorkerGroup(cfg, problem, ids, attack, device)

@@ -1,0 +1,6 @@
+"""``python -m common.coding``: see :mod:`common.coding.cli`."""
+import sys
+
+from common.coding.cli import main
+
+sys.exit(main())

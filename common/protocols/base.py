@@ -1,0 +1,142 @@
+"""The protocol base class and the registry of protocols.
+
+A protocol is what workers send and how the server turns it into a step: gradient messages
+(the default), signSGD votes, client models (RSA), gradients filtered by guiding gradients
+(DiverseFL). One object per protocol, in its own module of this package, owns everything that
+differs between them: the settings it implies and its validation, its worker-side computation
+(a client class driven by the worker group), its server-side step, its wire format, its
+start-up exchange and its round diagnostics. Trainer, server, both transports and the worker
+ranks ask the run's protocol (:func:`protocol_of`); none of them compares names.
+
+A rule names its protocol (``Rule.protocol``); ``--agg NAME`` thereby selects it.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from common.aggregation.rules import RULES
+from common.errors import ConfigError
+from common.params import Param, Registry
+from common.wire.formats import FloatRows
+
+__all__ = ["Protocol", "Clients", "PROTOCOLS", "protocol_of", "need", "plain_uploads"]
+
+#: Every protocol by name.
+PROTOCOLS = Registry("protocol")
+
+
+def need(cond: bool, message: str) -> None:
+    """ConfigError(message) unless ``cond``."""
+    if not cond:
+        raise ConfigError(message)
+
+
+def plain_uploads(cfg, chain) -> None:
+    """ConfigError unless every client's upload reaches the rule as it was sent: no
+    pre-aggregation (it would mix clients) and no worker momentum."""
+    fix = (["--pre none"] if chain.stages else []) + (["--momentum 0"] if cfg.momentum else [])
+    need(not fix, f"--agg {cfg.agg} works on each client's own plain gradient or model "
+         f"(no pre-aggregation, no worker momentum); add {' '.join(fix)}")
+
+
+class Clients:
+    """A protocol's worker side for one worker group: what the group's workers compute and send
+    each round, using the group's capabilities (``group``: a :class:`worker.group.WorkerGroup`,
+    never imported here: data and batches, gradients at shared or per-client parameters, its
+    per-worker ``state`` tensors, ``attack_rows`` / ``attack_craft``)."""
+
+    def __init__(self, group) -> None:
+        self.group = group
+
+    def compute(self, params: Tensor, t: int, byz: Tensor) -> Tensor:
+        """The group's messages of round t in the protocol's wire format (``byz``: the group's
+        Byzantine mask). Byzantine rows are attacked, except for omniscient attacks, whose rows
+        the transport has crafted once the round's honest messages are known."""
+        raise NotImplementedError
+
+    def craft(self, own: Tensor, honest: Tensor | None, t: int, rows: Tensor,
+              out: Tensor | None = None) -> Tensor:
+        """The Byzantine rows ``rows`` crafted from their own messages and the honest ones (the
+        default: the attack applied to them as they are)."""
+        return self.group.attack_craft(own, honest, t, rows, out)
+
+
+class GradientClients(Clients):
+    """Every worker sends its momentum (its gradient when the momentum is 0)."""
+
+    def compute(self, params: Tensor, t: int, byz: Tensor) -> Tensor:
+        return self.group.momentum_messages(params, t, byz)
+
+
+class Protocol:
+    """Base class of a protocol (a registered instance per protocol); by default the gradient
+    protocol's worker side, wire format and state: one float32 momentum row per worker.
+
+    ``selected_by``: parameter keys that, given on the command line without ``--agg``, select
+    ``default_rule`` (the election-coding seed commands name no rule).
+    """
+
+    name: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    selected_by: ClassVar[tuple[str, ...]] = ()
+    default_rule: ClassVar[str] = ""
+
+    # -- configuration -------------------------------------------------------------------------
+    def defaults(self, values: dict[str, Any], given: set[str]) -> None:
+        """Fill in, in ``values`` (a config dict), the settings this protocol implies for the
+        fields the user did not give (``given``)."""
+
+    def validate(self, cfg, chain) -> None:
+        """Raise ConfigError if ``cfg`` (with the pre-aggregator ``chain`` built for it) cannot
+        run under this protocol."""
+
+    # -- worker side -----------------------------------------------------------------------------
+    def clients(self, group) -> Clients:
+        """The worker side of the protocol for a worker group."""
+        return GradientClients(group)
+
+    def state_schema(self, cfg, dim: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The per-worker state tensors a worker group keeps: {name: (shape per worker,
+        dtype)}. Checkpoints hold them, and MPI rank 0 sizes its buffers from this."""
+        return {"momenta": ((dim,), torch.float32)}
+
+    def wire(self, cfg, dim: int):
+        """The message format (:mod:`common.wire.formats`)."""
+        return FloatRows(dim)
+
+    # -- start-up exchange -----------------------------------------------------------------------
+    #: Whether the clients send the server something once, before the first round.
+    has_startup: ClassVar[bool] = False
+
+    def startup_payload(self, cfg, problem, ids: range) -> list[np.ndarray]:
+        """What a worker group hosting ``ids`` sends at start-up (numeric buffers)."""
+        return []
+
+    def startup_buffers(self, cfg, problem, ids: range) -> list[np.ndarray]:
+        """Zeroed buffers of exactly the sizes rank 0 expects from a group hosting ``ids``."""
+        return []
+
+    def startup_decode(self, cfg, problem, ids: range, bufs: list[np.ndarray] | None,
+                       warn) -> list:
+        """Per worker of ``ids``: what arrived, checked (None where it is unusable; ``bufs``
+        None: nothing usable arrived). ``warn(text)`` reports each problem."""
+        return [None] * len(ids)
+
+    # -- server side -----------------------------------------------------------------------------
+    def server_rule(self, cfg, problem, device: torch.device, params: Tensor, n_in: int):
+        """The server's aggregator: called as ``rule(x, honest)`` on the round's (n_in, ...)
+        messages after the pre-aggregators, with ``info``, ``state_dict`` and
+        ``load_state_dict``. ``params`` is the server's live parameter vector."""
+        return RULES.get(cfg.agg)(n_in, cfg.f, **cfg.agg_params)
+
+    def start(self, rule, startup: list) -> None:
+        """Hand the server's rule what the clients sent at start-up (one entry per worker)."""
+
+
+def protocol_of(cfg) -> Protocol:
+    """The protocol of the run: the one its rule (``--agg``) names."""
+    return PROTOCOLS.get(RULES.get(cfg.agg).protocol)

@@ -1,0 +1,1 @@
+"""Worked examples of extending the project from outside it (``--plugin examples.my_rule``)."""

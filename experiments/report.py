@@ -1,0 +1,132 @@
+"""Tables and figures of an experiment, rebuilt from its run directories alone.
+
+    python -m experiments.report outputs/<experiment> [more experiment dirs]
+
+Reads every ``<experiment>/<run>/config.json``, ``summary.json`` and ``metrics.jsonl`` and writes
+into ``<experiment>/``:
+
+* ``results.csv`` — one row per finished run: the config keys that vary across the runs, the seed,
+  final and best test accuracy (percent), backdoor accuracy and DiverseFL flag precision/recall
+  when logged, rounds and wall seconds;
+* ``report.md`` — mean +- std over seeds of the final accuracy, laid out as the experiment's
+  :class:`~experiments.grids.Layout` says (any directory works: unknown experiments get a
+  generic layout);
+* ``curves.png`` (accuracy vs round, mean over seeds), ``heatmap.png`` or ``bars.png`` (final
+  accuracy over the grid), ``selection.png`` (Krum's selections per worker, mapped through the
+  pre-aggregators) and ``c1c2.png`` (DiverseFL's filter statistics), each when the logs allow it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Sequence
+
+from experiments.figures import plot_c1c2, plot_curves, plot_grid, plot_selection
+from experiments.grids import EXPERIMENTS
+from experiments.runlogs import (
+    flag_stats,
+    grid_order,
+    layout_keys,
+    load_runs,
+    markdown_table,
+    resolve_layout,
+    row_of,
+    table_keys,
+    varying_keys,
+    write_csv,
+)
+
+__all__ = ["write_report", "main"]
+
+
+def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
+    """Write results.csv, report.md and figures for ``exp_dir``; returns what was written."""
+    exp_dir = os.path.normpath(exp_dir)
+    if not os.path.isdir(exp_dir):
+        raise FileNotFoundError(f"{exp_dir}: no such experiment directory")
+    name = os.path.basename(exp_dir)
+    runs, unfinished = load_runs(exp_dir)
+    runs = grid_order(name, runs)
+    keys = varying_keys(runs)
+    shown = table_keys(runs, keys, layout_keys(name))
+    rows, cols, frows, fcols, selection = resolve_layout(name, shown)
+    csv_rows = [row_of(r, keys) for r in runs]
+    write_csv(os.path.join(exp_dir, "results.csv"), csv_rows)
+
+    figures = []
+    if runs:
+        if plot_curves(os.path.join(exp_dir, "curves.png"), runs, shown, frows, fcols):
+            figures.append("curves.png")
+        g = plot_grid(os.path.join(exp_dir, "heatmap.png"), os.path.join(exp_dir, "bars.png"),
+                      runs, rows, cols, f"{name}: final test accuracy, seed mean")
+        if g:
+            figures.append(os.path.basename(g))
+        if selection and plot_selection(os.path.join(exp_dir, "selection.png"), runs, frows, fcols):
+            figures.append("selection.png")
+        if plot_c1c2(os.path.join(exp_dir, "c1c2.png"), [r for r in runs if r.config.get("agg") == "diversefl"],
+                     [k for k in shown if k in ("model", "attack")]):
+            figures.append("c1c2.png")
+
+    md = _markdown(name, runs, unfinished, keys, rows, cols, figures,
+                   [k for k in keys if k not in shown])
+    with open(os.path.join(exp_dir, "report.md"), "w") as fh:
+        fh.write(md)
+    if not quiet:
+        print(f"{exp_dir}: {len(runs)} runs -> results.csv, report.md" +
+              "".join(f", {f}" for f in figures) +
+              (f" ({len(unfinished)} unfinished runs left out)" if unfinished else ""))
+    return {"runs": len(runs), "unfinished": unfinished, "figures": figures}
+
+
+def _markdown(name, runs, unfinished, keys, rows, cols, figures, implied=()) -> str:
+    exp = EXPERIMENTS.get(name)
+    out = [f"# {name}" + (f": {exp.title}" if exp else ""), ""]
+    if exp:
+        out += [f"Claim checked: {exp.claim}", ""]
+    if not runs:
+        return "\n".join(out + ["No finished runs.", ""])
+    c = runs[0].config
+    seeds = sorted({r.seed for r in runs})
+    fixed = [k for k in ("dataset", "model", "num_workers", "num_byzantine", "defense_f", "partition",
+                         "agg", "pre", "attack", "momentum", "momentum_style", "lr", "batch_size",
+                         "rounds") if k not in keys and k in c]
+    out += ["Setting: " + ", ".join(f"{k}={c[k]}" for k in fixed) +
+            f"; {len(runs)} runs, seeds {seeds}.", ""]
+    if implied:
+        out += ["Set per cell by the table's keys (values in results.csv): " +
+                ", ".join(implied) + ".", ""]
+    out += ["Final test accuracy (%), mean ± std over seeds:", "", markdown_table(runs, rows, cols), ""]
+    if any("final_backdoor_accuracy" in r.summary for r in runs):
+        bd = [r for r in runs if "final_backdoor_accuracy" in r.summary]
+        out += ["Backdoor accuracy (%, share of test 4s classified as 9; lower is better):", "",
+                markdown_table(bd, rows, cols, "final_backdoor_accuracy"), ""]
+    if any(flag_stats(r) for r in runs):
+        dfl = [r for r in runs if flag_stats(r)]
+        for key in ("flag_precision_pct", "flag_recall_pct"):
+            for r in dfl:
+                r.summary[key] = flag_stats(r).get(key)
+            out += [f"Filter {key.split('_')[1]} (%) against the true Byzantine set (mean over rounds):",
+                    "", markdown_table(dfl, rows, cols, key), ""]
+    if unfinished:
+        out += [f"Unfinished runs left out: {', '.join(unfinished)}", ""]
+    out += ["Figures: " + ", ".join(f"![{f}]({f})" for f in figures), ""]
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: python -m experiments.report outputs/<experiment> [...]")
+        return 0 if args else 2
+    status = 0
+    for d in args:
+        try:
+            write_report(d)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 2
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
