@@ -74,7 +74,9 @@ def stage(spec: str, n: int, f: int, g):
 def ours(n: int, d: int, f: int) -> dict:
     """name -> (callable on x, description)."""
     fb = min(f, (n - 3) // 4)
-    g = lambda: torch.Generator().manual_seed(0)
+    def g():
+        return torch.Generator().manual_seed(0)
+
     impls = {
         "mean": lambda x: rules.mean(x),
         "krum": lambda x: rules.krum(x, f, neighbours=n - f - 1),

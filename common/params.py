@@ -98,13 +98,18 @@ class Param:
             return f"{'<' if self.high_open else '<='} {hi:g}"
         return ""
 
+    def bounds(self) -> str:
+        """`` (range; default D)`` for help texts; a derived default (None) is left to the help
+        text, which says how it is derived."""
+        parts = [self.range_text()] if self.range_text() else []
+        if self.default is not None:
+            parts.append(f"default {self.default!r}")
+        return f" ({'; '.join(parts)})" if parts else ""
+
     def describe(self) -> str:
-        """``name: type range (default D) -- help``, for ``--list``."""
-        rng = self.range_text()
-        default = "derived" if self.default is None else repr(self.default)
-        flag = f"; {self.flag}" if self.flag else ""
-        return (f"{self.name}: {self.type.__name__}{' ' + rng if rng else ''} "
-                f"(default {default}{flag}){' -- ' + self.help if self.help else ''}")
+        """``name: type (range; default D) -- help [flag]``, for ``--list``."""
+        flag = f" [{self.flag}]" if self.flag else ""
+        return f"{self.name}: {self.type.__name__}{self.bounds()} -- {self.help}{flag}"
 
     def check(self, value: Any, owner: str, where: str | None = None) -> Any:
         """``value`` converted to this parameter's type and checked against its range; None

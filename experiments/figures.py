@@ -39,9 +39,11 @@ def plot_curves(path: str, runs, keys, frows, fcols, key="test_accuracy", ylabel
     # the labels and split one rule's colour across subplots.
     if frows + fcols:
         hue = [k for k in hue if not determined(runs, k, list(frows + fcols))]
-    series: dict[tuple, dict[tuple, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    series: dict[tuple, dict[tuple, dict[int, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
     for r in runs:
-        f = (tuple(_hashable(r.config.get(k)) for k in frows), tuple(_hashable(r.config.get(k)) for k in fcols))
+        f = (tuple(_hashable(r.config.get(k)) for k in frows),
+             tuple(_hashable(r.config.get(k)) for k in fcols))
         h = tuple(_hashable(r.config.get(k)) for k in hue)
         for m in r.metrics:
             if m.get(key) is not None:
@@ -172,7 +174,8 @@ def plot_selection(path: str, runs, frows, fcols) -> bool:
     runs = [r for r in runs if any((m.get("rule") or {}).get("selected") is not None for m in r.metrics)]
     for r in runs:
         n = int(r.config["num_workers"])
-        f = (tuple(_hashable(r.config.get(k)) for k in frows), tuple(_hashable(r.config.get(k)) for k in fcols))
+        f = (tuple(_hashable(r.config.get(k)) for k in frows),
+             tuple(_hashable(r.config.get(k)) for k in fcols))
         c = counts.setdefault(f, [0] * n)
         for m in r.metrics:
             for w in selected_workers(m, n):

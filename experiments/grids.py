@@ -60,6 +60,9 @@ class Run:
 
 @dataclass(frozen=True)
 class Experiment:
+    """One experiment of ``bash run.sh NAME``: its runs (base flags x grid cells x seeds), the
+    claim it checks and how the report lays out its table and figures."""
+
     name: str
     title: str
     claim: str  # the claim of ALGORITHMS.md this experiment checks

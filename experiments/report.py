@@ -63,7 +63,8 @@ def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
             figures.append(os.path.basename(g))
         if selection and plot_selection(os.path.join(exp_dir, "selection.png"), runs, frows, fcols):
             figures.append("selection.png")
-        if plot_c1c2(os.path.join(exp_dir, "c1c2.png"), [r for r in runs if r.config.get("agg") == "diversefl"],
+        # DiverseFL's filter statistics, from the runs that logged them
+        if plot_c1c2(os.path.join(exp_dir, "c1c2.png"), runs,
                      [k for k in shown if k in ("model", "attack")]):
             figures.append("c1c2.png")
 

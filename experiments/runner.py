@@ -124,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="paper-sized setting (default $FULL=1)")
     p.add_argument("--seeds", type=int, default=int(os.environ["SEEDS"]) if os.environ.get("SEEDS") else None,
                    help="seeds per configuration (default: the experiment's; $SEEDS)")
-    p.add_argument("--rounds", type=int, default=int(os.environ["ROUNDS"]) if os.environ.get("ROUNDS") else None,
+    p.add_argument("--rounds", type=int,
+                   default=int(os.environ["ROUNDS"]) if os.environ.get("ROUNDS") else None,
                    help="override the rounds of every run (quick looks; $ROUNDS)")
     p.add_argument("--force", action="store_true", default=os.environ.get("FORCE", "0") == "1",
                    help="rerun configurations that already finished ($FORCE=1)")

@@ -42,6 +42,8 @@ class HostfileError(Exception):
 
 @dataclass
 class Entry:
+    """One host of a hostfile: its line number, host name and slots."""
+
     line: int
     host: str
     slots: int

@@ -54,7 +54,8 @@ def test_ternary_round_trip(shape, seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 9), d=st.integers(1, 70), bits=st.sampled_from([1, 2]), seed=st.integers(0, 2**31 - 1))
+@given(n=st.integers(1, 9), d=st.integers(1, 70), bits=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**31 - 1))
 def test_sum_votes_equals_plain_sum(n, d, bits, seed):
     v = _draw((n, d), [-1.0, 1.0] if bits == 1 else [-1.0, 0.0, 1.0], seed)
     packed = pack(v, bits)
@@ -83,7 +84,8 @@ def test_sizes_and_layout():
         assert pack_ternary(torch.zeros(d)).nbytes == packed_nbytes(d, 2)
     assert packed_nbytes(0, 1) == 0
     # +1 -> bit 1, big-endian within a byte, padding zero
-    assert pack_signs(torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 1.0])).tolist() == [0b10011000, 0b10000000]
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 1.0])
+    assert pack_signs(signs).tolist() == [0b10011000, 0b10000000]
     # ternary: nonzero plane then positive plane
     assert pack_ternary(torch.tensor([1.0, 0.0, -1.0])).tolist() == [0b10100000, 0b10000000]
     with pytest.raises(ValueError):

@@ -319,5 +319,5 @@ def test_sample_batches_matches_loop_and_grouping(digits):
     # grouping workers differently gives the same batches
     for groups in ([[0, 1, 2, 3], [4, 5, 6, 7, 8]], [[i] for i in range(9)], [[8, 3], [0, 1, 2, 4, 5, 6, 7]]):
         for g in groups:
-            t, l = pad_shards([shards[i] for i in g])
-            assert torch.equal(sample_batches(t, l, batch, u[g]), out[g])
+            t, lengths = pad_shards([shards[i] for i in g])
+            assert torch.equal(sample_batches(t, lengths, batch, u[g]), out[g])

@@ -79,14 +79,20 @@ def test_same_seed_is_bit_identical_other_seed_differs(tmp_path):
     _, a = train(tmp_path, "a", argv + " --seed 3")
     _, b = train(tmp_path, "b", argv + " --seed 3")
     _, c = train(tmp_path, "c", argv + " --seed 4")
-    load = lambda d: torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True)
     ka, kb, kc = load(a), load(b), load(c)
     assert torch.equal(ka["server"]["params"], kb["server"]["params"])
     assert torch.equal(ka["workers"]["momenta"], kb["workers"]["momenta"])
-    strip = lambda recs: [{k: v for k, v in r.items() if k != "wall"} for r in recs]
+    def strip(recs):
+        return [{k: v for k, v in r.items() if k != "wall"} for r in recs]
+
     assert strip(read_metrics(os.path.join(a, "metrics.jsonl"))) == \
         strip(read_metrics(os.path.join(b, "metrics.jsonl")))
     assert not torch.equal(ka["server"]["params"], kc["server"]["params"])
+
+
+def load(run_dir):
+    """A run's checkpoint."""
+    return torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
 
 
 def test_compiled_rules_train_to_the_same_model(tmp_path):
@@ -100,7 +106,6 @@ def test_compiled_rules_train_to_the_same_model(tmp_path):
     sortnet._compiled.cache_clear()
     _, b = train(tmp_path, "compiled", argv + " --compile-rules on")
     assert sortnet._compiled.cache_info().currsize == 1 and not sortnet._COMPILE_FAILED
-    load = lambda d: torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True)
     assert torch.equal(load(a)["server"]["params"], load(b)["server"]["params"])
     assert not compile_rules(Config(rounds=100), 200_000)
     assert compile_rules(Config(rounds=500), 1_200_000)

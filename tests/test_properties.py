@@ -2,7 +2,8 @@
 
 The pipeline is what ``Trainer.round`` runs: :func:`master.messages.sanitize` (non-finite or
 unusable rows become zero rows), the pre-aggregator chain, the robust rule, then a finiteness
-check of the update before the step. Every rule in :data:`common.rules.RULES` is exercised with
+check of the update before the step (the policy and the trainer: test_server_pipeline.py).
+Every tensor rule of :data:`common.aggregation.rules.RULES` is exercised with
 up to f hostile rows holding +1e30, -1e30, mixed +-1e30, NaN or Inf, with identical rows, n = 1
 and d = 1, and the theoretical guarantees that hold for each rule are asserted:
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -30,7 +30,6 @@ from hypothesis import strategies as st
 from common.aggregation import rules as R
 from common.aggregation.preagg import make_chain
 from common.errors import ConfigError
-from common.finite import all_finite, finite_rows
 from master.messages import OK, sanitize
 
 SETTINGS = settings(max_examples=25, deadline=None,
@@ -93,60 +92,6 @@ def cases(draw, names=ALL_RULES, kinds=HOSTILE, max_f=3):
     seed = draw(st.integers(0, 2**31 - 1))
     scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
     return name, n, f, d, kind, seed, scale
-
-
-# ------------------------------------------------------------------------------------------
-# the message policy
-# ------------------------------------------------------------------------------------------
-
-@SETTINGS
-@given(n=st.integers(1, 12), d=st.integers(1, 9), seed=st.integers(0, 2**31 - 1),
-       data=st.data())
-def test_sanitize_zeroes_exactly_the_unusable_rows(n, d, seed, data):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g)
-    bad_value = data.draw(st.lists(st.sampled_from([None, math.nan, math.inf, -math.inf]),
-                                   min_size=n, max_size=n))
-    status = data.draw(st.lists(st.sampled_from([OK, OK, "wrongsize", "timeout", "dtype"]),
-                                min_size=n, max_size=n))
-    for i, v in enumerate(bad_value):
-        if v is not None:
-            x[i, int(seed % d)] = v
-    before = x.clone()
-    faults = sanitize(x, status)
-    expected = {}
-    for i in range(n):
-        if status[i] != OK:
-            expected[i] = status[i]
-        elif bad_value[i] is not None:
-            expected[i] = "nonfinite"
-    assert faults == expected
-    for i in range(n):
-        if i in expected:
-            assert bool((x[i] == 0).all())
-        else:
-            assert torch.equal(x[i], before[i])
-    assert bool(torch.isfinite(x).all())
-
-
-@SETTINGS
-@given(n=st.integers(1, 6), d=st.integers(1, 7),
-       data=st.data())
-def test_fast_finite_checks_equal_the_elementwise_ones(n, d, data):
-    # 3e38 twice overflows a float32 sum although every entry is finite
-    values = st.sampled_from([0.0, 1.5, -2.0, 3e38, -3e38, math.nan, math.inf, -math.inf])
-    x = torch.tensor(data.draw(st.lists(st.lists(values, min_size=d, max_size=d),
-                                        min_size=n, max_size=n)), dtype=torch.float32)
-    assert all_finite(x) == bool(torch.isfinite(x).all())
-    assert torch.equal(finite_rows(x), torch.isfinite(x).all(dim=1))
-
-
-def test_fast_finite_checks_by_hand():
-    assert all_finite(torch.tensor([3e38, 3e38]))          # the sum overflows, entries do not
-    assert not all_finite(torch.tensor([1.0, math.nan]))
-    assert all_finite(torch.empty(0))
-    x = torch.tensor([[3e38, 3e38], [1.0, -math.inf], [math.inf, -math.inf], [0.0, 2.0]])
-    assert finite_rows(x).tolist() == [True, False, False, True]
 
 
 # ------------------------------------------------------------------------------------------
@@ -428,103 +373,3 @@ def test_oracle_ignores_byzantine_rows(case):
     x, honest = scenario(n, f, d, kind, seed, scale)
     out, _ = pipeline("oracle", x, honest, f)
     assert torch.allclose(out.double(), x[honest].double().mean(0), rtol=1e-5, atol=1e-6)
-
-
-# ------------------------------------------------------------------------------------------
-# the trainer: hostile transport, non-finite update
-# ------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny():
-    from common.run.flags import parse_args
-    from common.run.problem import build_problem
-
-    cfg, _ = parse_args(["-n", "5", "-f", "1", "--model", "softmax", "--agg", "cm", "--pre",
-                         "none", "--attack", "none", "--rounds", "3", "--eval-every", "100",
-                         "--no-progress", "--momentum", "0"])
-    return cfg, build_problem(cfg, "cpu")
-
-
-class HostileTransport:
-    """Wraps the in-process transport and spoils rows the way a malicious rank could."""
-
-    def __init__(self, inner, spoil):
-        self.inner, self.spoil = inner, spoil
-
-    def round(self, params, t, byz):
-        res = self.inner.round(params, t, byz)
-        self.spoil(res)
-        return res
-
-    def state_dict(self):
-        return self.inner.state_dict()
-
-    def load_state_dict(self, d):
-        self.inner.load_state_dict(d)
-
-    def close(self):
-        pass
-
-
-def _trainer(tiny, tmp_path, spoil):
-    from common.protocols import protocol_of
-    from master.trainer import Trainer
-    from master.transport import InProcessTransport
-    from worker.group import make_worker_group
-
-    cfg, problem = tiny
-    group = make_worker_group(cfg, problem, range(cfg.num_workers), torch.device("cpu"))
-    transport = HostileTransport(InProcessTransport(group, protocol_of(cfg)), spoil)
-    return Trainer(cfg, problem, transport, str(tmp_path), torch.device("cpu"))
-
-
-def test_trainer_logs_and_neutralises_bad_rows(tiny, tmp_path):
-    seen = {}
-
-    def spoil(res):
-        seen["honest"] = res.messages[[1, 3]].clone()
-        res.messages[0, 0] = math.nan
-        res.messages[0, 3] = math.inf
-        res.messages[2] = 1e30          # finite but huge: the rule's job, not a fault
-        res.status[4] = "wrongsize"     # what the MPI transport reports for a bad buffer
-        res.messages[4] = -1e38
-        res.losses[0] = -1.6e35         # a faulty rank's trailer is garbage too
-        seen["losses"] = res.losses.clone()
-
-    tr = _trainer(tiny, tmp_path, spoil)
-    before = tr.server.params.clone()
-    rec = tr.round(0)
-    assert rec["faults"] == {"0": "nonfinite", "4": "wrongsize"}
-    # train_loss averages the honest workers with usable messages: 1, 2, 3 (4 is Byzantine)
-    assert rec["train_loss"] == pytest.approx(float(seen["losses"][1:4].mean()))
-    step = (before - tr.server.params) / rec["lr"]
-    # cm of {0, a, 1e30, b, 0} per coordinate: the 3rd smallest, inside [min(0,a,b), max(0,a,b)]
-    a, b = seen["honest"]
-    zero = torch.zeros_like(a)
-    lo = torch.minimum(torch.minimum(a, b), zero)
-    hi = torch.maximum(torch.maximum(a, b), zero)
-    assert bool(((step >= lo - 1e-6) & (step <= hi + 1e-6)).all())
-    assert float(step.abs().max()) > 0  # the honest rows did move the model
-
-
-def test_trainer_skips_a_nonfinite_update(tiny, tmp_path, monkeypatch):
-    tr = _trainer(tiny, tmp_path, lambda res: None)
-    before = tr.server.params.clone()
-    d = before.numel()
-    monkeypatch.setattr(tr.server, "aggregate",
-                        lambda msgs, honest, t: (torch.full((d,), math.nan), {}))
-    rec = tr.round(0)
-    assert rec["faults"] == {"-1": "nonfinite_update"}
-    assert torch.equal(tr.server.params, before)  # zero update, no weight decay: no step
-
-
-def test_all_workers_faulty_round_is_a_no_op_step(tiny, tmp_path):
-    def spoil(res):
-        res.messages[:] = math.nan
-
-    tr = _trainer(tiny, tmp_path, spoil)
-    before = tr.server.params.clone()
-    rec = tr.round(0)
-    assert rec["faults"] == {str(i): "nonfinite" for i in range(5)}
-    assert torch.equal(tr.server.params, before)  # cm of five zero rows is zero
-    assert rec["train_loss"] is None or np.isfinite(rec["train_loss"])

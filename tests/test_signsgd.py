@@ -70,7 +70,8 @@ def test_cifar10_gets_the_papers_resnet18_schedule():
 
 @pytest.mark.parametrize("argv,needle", [
     ("-n 5 -f 1 --deterministic True --redundancy 2.7", "no known deterministic code for n=5, r=2.7"),
-    ("-n 5 -f 1 --agg signmv --attack alie", "does not act on sign votes; choose one of: bitflip, directional, none, random, reverse"),
+    ("-n 5 -f 1 --agg signmv --attack alie",
+     "does not act on sign votes; choose one of: bitflip, directional, none, random, reverse"),
     ("-n 5 -f 1 --agg signmv --pre bucketing:2", "use --pre none"),
     ("-n 5 -f 1 --agg signmv --momentum 0.9", "use --momentum 0"),
     ("-n 5 -f 1 --agg signmv --noniid", "--partition noniid does not apply"),

@@ -187,12 +187,9 @@ def _add_declared(p: argparse.ArgumentParser) -> None:
                 if prm.key in done or not prm.flags:
                     continue
                 done.add(prm.key)
-                rng = prm.range_text()
-                default = "derived" if prm.default is None else prm.default
                 g.add_argument(*prm.flags, dest=_PARAM + prm.key, default=argparse.SUPPRESS,
                                metavar=prm.type.__name__.upper(),
-                               help=f"{'/'.join(owners[prm.key])}: {prm.help} "
-                               f"({rng + '; ' if rng else ''}default {default})")
+                               help=f"{'/'.join(owners[prm.key])}: {prm.help}{prm.bounds()}")
 
 
 def _given_dests(argv: Sequence[str], prog: str) -> set[str]:
