@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 
 import pytest
 import torch
@@ -22,6 +23,32 @@ from common.errors import ConfigError
 from common.run.config import Config
 from common.run.flags import parse_args
 from tests.processes import ROOT, final_params, run_mpi, run_python
+
+
+@pytest.fixture(autouse=True)
+def _forget_plugins():
+    """Whatever a test here registers in this process (the example plugin) is unregistered
+    afterwards, so the other test modules see the project's own registries."""
+    from common.data import datasets, models
+    from common.params import registries
+    from common.run import plugins
+
+    modules = set(sys.modules)
+    saved = [(reg, dict(reg._entries)) for reg in registries()]
+    rest = (dict(datasets.DATASETS), dict(models.MODELS), dict(models.FAST_PATH),
+            list(plugins._LOADED))
+    yield
+    for reg, entries in saved:
+        reg._entries.clear()
+        reg._entries.update(entries)
+    for live, old in zip((datasets.DATASETS, models.MODELS, models.FAST_PATH), rest[:3]):
+        live.clear()
+        live.update(old)
+    plugins._LOADED[:] = rest[3]
+    for name in set(sys.modules) - modules:  # imported again (and registered) when used again
+        if name.startswith("examples"):
+            del sys.modules[name]
+
 
 PLUGIN = ["--plugin", "examples.my_rule", "--agg", "my_rule", "--attack", "my_attack"]
 SMALL = ["-n", "6", "-f", "1", "--pre", "none", "--model", "softmax", "--rounds", "4",

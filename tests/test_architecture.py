@@ -157,3 +157,21 @@ def test_every_public_class_has_a_docstring():
                     and not ast.get_docstring(node)):
                 bad.append(f"{mod}.{node.name}")
     assert not bad, bad
+
+
+def test_every_test_the_docs_name_exists():
+    """README.md, docs/*.md and hosts/README.md cite tests as ``test_x.py::name``: each one
+    must exist, so a renamed or moved test cannot leave the fault tables pointing nowhere."""
+    import re
+
+    docs = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "hosts", "README.md")]
+    docs += [os.path.join(ROOT, "docs", n) for n in os.listdir(os.path.join(ROOT, "docs"))
+             if n.endswith(".md")]
+    missing = []
+    for doc in docs:
+        cited = re.findall(r"(test_[a-z_0-9]+\.py)::([A-Za-z_0-9]+)(?![A-Za-z_0-9*])", open(doc).read())
+        for file, name in set(cited):
+            path = os.path.join(ROOT, "tests", file)
+            if not os.path.exists(path) or f"def {name}(" not in open(path).read():
+                missing.append(f"{os.path.relpath(doc, ROOT)}: {file}::{name}")
+    assert not missing, missing

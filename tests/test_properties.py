@@ -372,4 +372,6 @@ def test_oracle_ignores_byzantine_rows(case):
     _, n, f, d, kind, seed, scale = case
     x, honest = scenario(n, f, d, kind, seed, scale)
     out, _ = pipeline("oracle", x, honest, f)
-    assert torch.allclose(out.double(), x[honest].double().mean(0), rtol=1e-5, atol=1e-6)
+    # float32 sums: the error scales with the largest summand, not with the (maybe cancelled) mean
+    tol = 1e-5 * float(x[honest].double().abs().max()) + 1e-6
+    assert torch.allclose(out.double(), x[honest].double().mean(0), rtol=1e-5, atol=tol)
