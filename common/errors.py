@@ -11,6 +11,12 @@ class ConfigError(ValueError):
     """A user-facing configuration or input error (exit code 2, no traceback)."""
 
 
+def require(cond: bool, message: str) -> None:
+    """Raise ConfigError(message) unless ``cond`` (a precondition or bound, stated as a fix)."""
+    if not cond:
+        raise ConfigError(message)
+
+
 def unknown_name(kind: str, name: str, choices) -> ConfigError:
     """Error for an unknown registry name that lists the valid choices."""
     return ConfigError(f"unknown {kind} '{name}'; choose one of: {', '.join(sorted(choices))}")

@@ -19,27 +19,21 @@ import torch
 from torch import Tensor
 
 from common.aggregation.rules import RULES
-from common.errors import ConfigError
+from common.errors import require
 from common.params import Param, Registry
 from common.wire.formats import FloatRows
 
-__all__ = ["Protocol", "Clients", "PROTOCOLS", "protocol_of", "need", "plain_uploads"]
+__all__ = ["Protocol", "Clients", "PROTOCOLS", "protocol_of", "plain_uploads"]
 
 #: Every protocol by name.
 PROTOCOLS = Registry("protocol")
-
-
-def need(cond: bool, message: str) -> None:
-    """ConfigError(message) unless ``cond``."""
-    if not cond:
-        raise ConfigError(message)
 
 
 def plain_uploads(cfg, chain) -> None:
     """ConfigError unless every client's upload reaches the rule as it was sent: no
     pre-aggregation (it would mix clients) and no worker momentum."""
     fix = (["--pre none"] if chain.stages else []) + (["--momentum 0"] if cfg.momentum else [])
-    need(not fix, f"--agg {cfg.agg} works on each client's own plain gradient or model "
+    require(not fix, f"--agg {cfg.agg} works on each client's own plain gradient or model "
          f"(no pre-aggregation, no worker momentum); add {' '.join(fix)}")
 
 

@@ -36,8 +36,9 @@ from torch.func import functional_call, grad, vmap
 
 from common.aggregation.rules import RULES, Rule
 from common.compute.paths import choose_path
+from common.errors import require
 from common.params import Param
-from common.protocols.base import PROTOCOLS, need, plain_uploads
+from common.protocols.base import PROTOCOLS, plain_uploads
 from common.protocols.gradient import Gradient
 from common.seeding import round_generator
 from common.wire.samples import Sample, pack_samples, unpack_samples
@@ -248,7 +249,7 @@ class DiverseFLRule(Rule):
 
     @classmethod
     def check_values(cls, values) -> None:
-        need(values["eps1"] < values["eps2"], f"DiverseFL needs 0 <= --eps1 < --eps2, got "
+        require(values["eps1"] < values["eps2"], f"DiverseFL needs 0 <= --eps1 < --eps2, got "
              f"eps1={values['eps1']}, eps2={values['eps2']}")
 
 

@@ -32,7 +32,8 @@ from torch import Tensor
 from common.attacks import ATTACKS
 from common.coding import deterministic_code, make_code, node_votes
 from common.data.partition import parse_scheme
-from common.protocols.base import PROTOCOLS, Clients, Protocol, need
+from common.errors import require
+from common.protocols.base import PROTOCOLS, Clients, Protocol
 from common.seeding import round_generator
 from common.wire.formats import VoteWire
 
@@ -170,21 +171,21 @@ class Sign(Protocol):
     def validate(self, cfg, chain) -> None:
         n, agg = cfg.num_workers, cfg.agg
         r = cfg.rule_values["redundancy"]
-        need(1 <= r <= n, f"--redundancy r (ones in the allocation matrix / n) must be in [1, n] "
+        require(1 <= r <= n, f"--redundancy r (ones in the allocation matrix / n) must be in [1, n] "
              f"= [1, {n}], got {r:g}")
         if cfg.rule_values["deterministic"]:
             deterministic_code(n, r)  # ConfigError listing the known codes
-        need(not chain.stages, f"--agg {agg} counts packed sign votes; pre-aggregation does "
+        require(not chain.stages, f"--agg {agg} counts packed sign votes; pre-aggregation does "
              "not apply: use --pre none")
-        need(cfg.momentum == 0, f"--agg {agg}: nodes vote with fresh slice gradients and the "
+        require(cfg.momentum == 0, f"--agg {agg}: nodes vote with fresh slice gradients and the "
              "momentum lives at the master: use --momentum 0 (and --server-momentum)")
         votes = [a.name for a in ATTACKS.values() if a.on_votes]
-        need(ATTACKS.get(cfg.attack).on_votes, f"--agg {agg}: attack '{cfg.attack}' does not act "
+        require(ATTACKS.get(cfg.attack).on_votes, f"--agg {agg}: attack '{cfg.attack}' does not act "
              f"on sign votes; choose one of: {', '.join(votes)}")
-        need(parse_scheme(cfg.partition)[0] in ("iid", "longtail"),
+        require(parse_scheme(cfg.partition)[0] in ("iid", "longtail"),
              f"--agg {agg} draws each round's global minibatch from the whole training set "
              f"and G assigns its slices; --partition {cfg.partition} does not apply (use iid)")
-        need(cfg.batch_size >= n, f"--batch_size is the global minibatch cut into n slices; "
+        require(cfg.batch_size >= n, f"--batch_size is the global minibatch cut into n slices; "
              f"it needs at least n = {n} samples, got {cfg.batch_size}")
 
     def clients(self, group) -> CodedClients:

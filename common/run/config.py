@@ -21,7 +21,7 @@ from common.aggregation.rules import RULES
 from common.attacks import ATTACKS, make_attack
 from common.compute.paths import GRAD_PATHS
 from common.data import datasets, models, partition
-from common.errors import ConfigError, unknown_name
+from common.errors import ConfigError, require, unknown_name
 from common.params import declared_params
 from common.protocols import protocol_of
 from common.run.plugins import load_plugins
@@ -209,14 +209,9 @@ def parse_faults(spec: str) -> dict[int, str]:
             raise ConfigError(f"--inject-fault {part}: ranks must be comma-separated integers "
                               "(e.g. nan:1,2)") from None
         for r in rs:
-            _need(r >= 1, f"--inject-fault {part}: rank {r} is not a worker rank (ranks >= 1)")
+            require(r >= 1, f"--inject-fault {part}: rank {r} is not a worker rank (ranks >= 1)")
             out[r] = kind
     return out
-
-
-def _need(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
 
 
 def _check_fields(cfg: Config) -> None:
@@ -224,37 +219,37 @@ def _check_fields(cfg: Config) -> None:
     n, b = cfg.num_workers, cfg.num_byzantine
     for fld in fields(cfg):  # no NaN/Inf anywhere: config.json must stay standard JSON
         v = getattr(cfg, fld.name)
-        _need(not isinstance(v, float) or math.isfinite(v),
+        require(not isinstance(v, float) or math.isfinite(v),
               f"--{fld.name.replace('_', '-')} must be a finite number, got {v}")
-    _need(n >= 1, f"--num_nodes/-n must be >= 1, got {n}")
-    _need(0 <= b < n, f"-f/--num_Byz_nodes must satisfy 0 <= f < n, got f={b}, n={n}")
-    _need(cfg.defense_f is None or 0 <= cfg.defense_f < n,
+    require(n >= 1, f"--num_nodes/-n must be >= 1, got {n}")
+    require(0 <= b < n, f"-f/--num_Byz_nodes must satisfy 0 <= f < n, got f={b}, n={n}")
+    require(cfg.defense_f is None or 0 <= cfg.defense_f < n,
           f"--defense-f must satisfy 0 <= f < n, got {cfg.defense_f}")
-    _need(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
-    _need(cfg.rounds >= 1, f"--rounds must be >= 1, got {cfg.rounds}")
-    _need(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}")
-    _need(0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}")
-    _need(0 <= cfg.server_momentum < 1,
+    require(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
+    require(cfg.rounds >= 1, f"--rounds must be >= 1, got {cfg.rounds}")
+    require(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}")
+    require(0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}")
+    require(0 <= cfg.server_momentum < 1,
           f"--server-momentum must be in [0, 1), got {cfg.server_momentum}")
-    _need(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}")
-    _need(cfg.eval_every >= 1, f"--eval-every must be >= 1, got {cfg.eval_every}")
-    _need(cfg.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {cfg.checkpoint_every}")
-    _need(cfg.threads >= 0, f"--threads must be >= 0, got {cfg.threads}")
-    _need(cfg.round_timeout >= 0, f"--round-timeout must be >= 0 seconds, got {cfg.round_timeout}")
-    _need(cfg.state_timeout is None or cfg.state_timeout >= 0,
+    require(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}")
+    require(cfg.eval_every >= 1, f"--eval-every must be >= 1, got {cfg.eval_every}")
+    require(cfg.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {cfg.checkpoint_every}")
+    require(cfg.threads >= 0, f"--threads must be >= 0, got {cfg.threads}")
+    require(cfg.round_timeout >= 0, f"--round-timeout must be >= 0 seconds, got {cfg.round_timeout}")
+    require(cfg.state_timeout is None or cfg.state_timeout >= 0,
           f"--state-timeout must be >= 0 seconds, got {cfg.state_timeout}")
-    _need("stallstate" not in parse_faults(cfg.inject_fault).values()
+    require("stallstate" not in parse_faults(cfg.inject_fault).values()
           or (cfg.round_timeout if cfg.state_timeout is None else cfg.state_timeout) > 0,
           "--inject-fault stallstate needs rank 0 to stop waiting for the state: --state-timeout "
           "> 0, or --round-timeout > 0 without --state-timeout 0")
-    _need(0 <= cfg.markov_p <= 1, f"--markov-p must be in [0, 1], got {cfg.markov_p}")
-    _need(cfg.markov_k >= 1, f"--markov-k must be >= 1, got {cfg.markov_k}")
-    _need(cfg.seed >= 0 and cfg.trial_idx >= 0,
+    require(0 <= cfg.markov_p <= 1, f"--markov-p must be in [0, 1], got {cfg.markov_p}")
+    require(cfg.markov_k >= 1, f"--markov-k must be >= 1, got {cfg.markov_k}")
+    require(cfg.seed >= 0 and cfg.trial_idx >= 0,
           f"--seed and --trial_idx must be >= 0, got seed={cfg.seed}, trial_idx={cfg.trial_idx}")
-    _need(cfg.warmup_rounds >= 0, f"--warmup-rounds must be >= 0, got {cfg.warmup_rounds}")
-    _need(cfg.warmup_start >= 0 and math.isfinite(cfg.warmup_start),
+    require(cfg.warmup_rounds >= 0, f"--warmup-rounds must be >= 0, got {cfg.warmup_rounds}")
+    require(cfg.warmup_start >= 0 and math.isfinite(cfg.warmup_start),
           f"--warmup-start must be >= 0, got {cfg.warmup_start}")
-    _need(cfg.data_dir is None or os.path.isdir(os.path.expanduser(cfg.data_dir)),
+    require(cfg.data_dir is None or os.path.isdir(os.path.expanduser(cfg.data_dir)),
           f"--data-dir {cfg.data_dir} is not a directory; pass the directory holding the "
           f"{cfg.dataset} files (create it first to let torchvision download into it)")
     if cfg.byz_schedule not in BYZ_SCHEDULES:
@@ -262,19 +257,19 @@ def _check_fields(cfg: Config) -> None:
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise unknown_name("lr schedule", cfg.lr_schedule, LR_SCHEDULES)
     if cfg.lr_schedule == "step":
-        _need(len(cfg.lr_milestones) > 0, "--lr-schedule step needs --lr-milestones, e.g. 500,950")
+        require(len(cfg.lr_milestones) > 0, "--lr-schedule step needs --lr-milestones, e.g. 500,950")
     if cfg.lr_schedule == "warmup":
-        _need(cfg.warmup_rounds >= 1, "--lr-schedule warmup needs --warmup-rounds >= 1")
-    _need(0 < cfg.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], got {cfg.lr_gamma}")
+        require(cfg.warmup_rounds >= 1, "--lr-schedule warmup needs --warmup-rounds >= 1")
+    require(0 < cfg.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], got {cfg.lr_gamma}")
     if cfg.momentum_style not in MOMENTUM_STYLES:
         raise unknown_name("momentum style", cfg.momentum_style, MOMENTUM_STYLES)
     if cfg.grad_path not in GRAD_PATHS:
         raise unknown_name("gradient path", cfg.grad_path, GRAD_PATHS)
     if cfg.compile_rules not in COMPILE_MODES:
         raise unknown_name("--compile-rules mode", cfg.compile_rules, COMPILE_MODES)
-    _need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+    require(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
           f"--device must be cpu, cuda, cuda:N or auto, got '{cfg.device}'")
-    _need(cfg.server_device in (None, "auto", "cpu") or cfg.server_device.startswith("cuda"),
+    require(cfg.server_device in (None, "auto", "cpu") or cfg.server_device.startswith("cuda"),
           f"--server-device must be cpu, cuda, cuda:N or auto, got '{cfg.server_device}'")
     if cfg.dataset not in datasets.dataset_names():
         raise unknown_name("dataset", cfg.dataset, datasets.dataset_names())
