@@ -175,10 +175,10 @@ class Registry:
     def register(self, cls: type) -> type:
         name = str(getattr(cls, "name", "")).strip().lower()
         if not name:
-            raise TypeError(f"{cls.__name__} has no name to register as a {self.kind}")
+            raise TypeError(f"{_label(cls)} has no name to register as a {self.kind}")
         if name in self._entries and self._entries[name] is not cls:
             raise ValueError(f"{self.kind} '{name}' is already registered "
-                             f"({self._entries[name].__module__}.{self._entries[name].__name__})")
+                             f"({_label(self._entries[name])})")
         cls.params = tuple(p.bound(name, self.flags) for p in getattr(cls, "params", ()))
         for p in cls.params:
             for other, where in _declared_keys():
@@ -244,6 +244,12 @@ class Registry:
 
 
 _REGISTRIES: list[Registry] = []
+
+
+def _label(entry: object) -> str:
+    """module.Name of a registered class (or of the class of a registered instance)."""
+    cls = entry if isinstance(entry, type) else type(entry)
+    return f"{cls.__module__}.{cls.__name__}"
 
 
 def registries() -> list[Registry]:
