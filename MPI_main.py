@@ -55,7 +55,7 @@ def _resolve(argv, size: int) -> tuple[int, int, dict | None, str, bool]:
         return EXIT, int(e.code or 0), None, "", False
     if resolved is None:     # --list
         return EXIT, 0, None, "", False
-    cfg, run_dir, resume = resolved
+    cfg, run_dir, resume = resolved.cfg, resolved.run_dir, resolved.resume
     n = cfg.num_workers
     if size == 1:
         print("error: MPI_main.py needs rank 0 (server) plus at least one worker rank: start it "
@@ -156,6 +156,10 @@ def main(argv=None) -> int:
         role.close()
     except SystemExit:   # interrupted: the trainer checkpointed and stopped the workers
         raise
+    except ConfigError as e:  # a checkpoint that does not fit, a full disk: stop the workers
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        role.close()
+        return 2
     except Exception:  # noqa: BLE001
         traceback.print_exc()
         sys.stderr.flush()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import common.run.startup  # noqa: F401  (first: settings read when torch loads)
 
 # isort: split
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from common.protocols import protocol_of
-from common.run.cli import exit_on_config_error, resolve_run
+from common.run.cli import default_run_dir, exit_on_config_error, prepare_run, resolve_run
 from common.run.config import Config, validate
 from common.run.problem import Problem, build_problem, configure_threads, resolve_device
 from master.trainer import Trainer
@@ -45,19 +44,25 @@ class Result:
 
 
 def train(cfg: Config | dict | None = None, *, output: str | None = None,
-          resume: bool = False) -> Result:
+          resume: bool = False, overwrite: bool = False) -> Result:
     """Train in this process and return the result.
 
     ``cfg``: a :class:`Config`, or a dict of its fields (``config.json`` as read, or flat keys
     such as ``cclip_tau`` as in the grids); None is the default run. It is validated first
     (ConfigError with one line on a bad value). ``output``: the run directory (default
-    ``cfg.output``, else ``outputs/<run name>``); ``resume``: continue the run there.
+    ``cfg.output``, else ``outputs/<run name>_<fingerprint>``); ``resume``: continue the run
+    there (``cfg`` must be that run's, up to :data:`common.run.resume.RESUMABLE` fields);
+    ``overwrite``: a new run may replace the run already there (otherwise ConfigError).
     """
     cfg = Config.from_dict(cfg) if isinstance(cfg, dict) else (cfg or Config())
     validate(cfg)
-    run_dir = output or cfg.output or os.path.join("outputs", cfg.run_name())
+    run_dir = output or cfg.output or default_run_dir(cfg)
     cfg.output = run_dir
-    return _run(cfg, run_dir, resume)
+    lock = prepare_run(cfg, run_dir, resume, overwrite)
+    try:
+        return _run(cfg, run_dir, resume)
+    finally:
+        lock.release()
 
 
 def in_process_trainer(cfg: Config, run_dir: str, problem: Problem | None = None) -> Trainer:
@@ -83,14 +88,16 @@ def _run(cfg: Config, run_dir: str, resume: bool) -> Result:
 @exit_on_config_error
 def main(argv=None) -> dict | None:
     """The command line (``python main.py [flags]``): the run's summary, or None for ``--list``."""
-    resolved = resolve_run(argv, "main.py")
-    if resolved is None:
+    run = resolve_run(argv, "main.py")
+    if run is None:
         return None
-    cfg, run_dir, resume = resolved
-    summary = _run(cfg, run_dir, resume).summary
+    try:
+        summary = _run(run.cfg, run.run_dir, run.resume).summary
+    finally:
+        run.lock.release()
     print(f"final test accuracy {summary['final_test_accuracy']:.2f}% "
           f"(best {summary['best_test_accuracy']:.2f}%) after {summary['rounds']} rounds "
-          f"in {summary['wall_seconds']:.1f}s; outputs in {run_dir}")
+          f"in {summary['wall_seconds']:.1f}s; outputs in {run.run_dir}")
     return summary
 
 

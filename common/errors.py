@@ -5,6 +5,7 @@ so every message must say what is wrong and how to fix it (valid choices, the vi
 where to get the data).
 """
 import re
+import sys
 
 
 class ConfigError(ValueError):
@@ -15,6 +16,11 @@ def require(cond: bool, message: str) -> None:
     """Raise ConfigError(message) unless ``cond`` (a precondition or bound, stated as a fix)."""
     if not cond:
         raise ConfigError(message)
+
+
+def warn(message: str) -> None:
+    """A setting that is accepted but probably not what the user meant: one ``warning:`` line."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def unknown_name(kind: str, name: str, choices) -> ConfigError:

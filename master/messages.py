@@ -1,9 +1,13 @@
 """The server's policy for worker messages it cannot use, and what omniscient attacks see.
 
 A message that is missing (timeout), of the wrong size or dtype, or that holds NaN/Inf is
-replaced by the zero vector for that round and the worker is reported in ``metrics.jsonl``
-(``faults``). A zero row is just one more outlier to a robust rule, so n stays fixed and every
-rule's n/f precondition still holds; with ``mean`` it shrinks the step instead of poisoning it.
+*dropped* for that round and the worker is reported in ``metrics.jsonl`` (``faults``): the
+chain and the rule run on the other rows with f lowered by the number dropped
+(:func:`master.server.aggregate_usable`; docs/SECURITY.md). It is never replaced by a vector the
+rule could pick: a zero row is exactly what distance-based rules prefer once the honest messages
+are far from zero (Krum then selects it every round and training stops). :func:`sanitize` still
+zeroes the rows it reports, so nothing non-finite stays in the round's buffer (a vote stack reads
+a zeroed row as an abstention, which is what dropping it means in a majority vote).
 
 Omniscient attacks (ALIE, IPM, mimic, ...) see the round's *usable* honest messages: those of
 honest workers that arrived well-formed and are finite, exactly what the server itself will
@@ -52,7 +56,7 @@ def usable_honest(messages: Tensor, status: list[str], byz: np.ndarray
 
 def sanitize(messages: Tensor, status: list[str], checked: Tensor | None = None,
              finite: Tensor | None = None) -> dict[int, str]:
-    """Zero every row that is not usable, in place; return {worker: reason} for those rows.
+    """Find the rows that are not usable: zero them in place, return {worker: reason}.
 
     ``checked``/``finite`` (from :func:`usable_honest`): rows whose finiteness is already known;
     only the others are read."""

@@ -4,11 +4,14 @@ Both transports drive the same :class:`Server`; it never sees how messages arriv
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 from torch import Tensor
 
-from common.aggregation.preagg import make_chain
-from common.protocols import protocol_of
+from common.aggregation.preagg import Chain, make_chain
+from common.errors import ConfigError, one_line
+from common.protocols import GRADIENT, protocol_of
 from common.run.config import Config
 from common.run.problem import Problem
 from common.run.schedule import learning_rate
@@ -26,6 +29,41 @@ def compile_rules(cfg: Config, dim: int) -> bool:
     if cfg.compile_rules == "auto":
         return dim * cfg.rounds >= COMPILE_MIN_WORK
     return cfg.compile_rules == "on"
+
+
+def aggregate_usable(chain: Chain, rule, messages: Tensor, honest: Tensor, f: int,
+                     dropped: Sequence[int] = (), generator: torch.Generator | None = None,
+                     usable_rows: Callable = GRADIENT.usable_rows) -> tuple[Tensor | None, dict]:
+    """The chain and the rule on the round's usable messages: (update, diagnostics).
+
+    ``dropped``: the workers whose message is unusable this round (:mod:`master.messages`).
+    Their rows never reach the chain or the rule (``usable_rows``: the protocol's way to leave
+    them out), which run on the others with f lowered by as many: a worker whose message is
+    unusable is certainly faulty, and f bounds the faulty workers, crashed or Byzantine. When
+    nothing is left, or the chain's or the rule's precondition fails on what is left, the update
+    is None and ``info["skipped"]`` says why: the model does not move this round."""
+    workers = None
+    if dropped:
+        gone = set(dropped)
+        keep = torch.tensor([i for i in range(messages.shape[0]) if i not in gone],
+                            dtype=torch.long)
+        if not len(keep):
+            return None, {"skipped": "no usable message"}
+        messages, honest = usable_rows(messages, honest, keep)
+        f, workers = max(0, f - len(gone)), keep
+    try:
+        x = chain(messages, generator, f)
+        out = rule(x, honest=honest.to(x.device), f=f, workers=workers)
+    except ConfigError as e:  # only with rows dropped: the start-up check passed on all n
+        return None, {"skipped": f"{len(dropped)} unusable messages dropped: {one_line(e)}"}
+    info = dict(rule.info)
+    if workers is not None:
+        info["workers"] = workers.tolist()  # the worker of each row the chain saw
+    if "selected" in info and len(chain):
+        # Selected rows index the pre-aggregated vectors; the stages' diagnostics
+        # (bucket permutation, resampling groups, NNM neighbours) map them back to workers.
+        info["pre"] = chain.info
+    return out, info
 
 
 class Server:
@@ -47,17 +85,12 @@ class Server:
         self.rule.compiled = compile_rules(cfg, problem.dim)
         self.buf = torch.zeros_like(self.params) if cfg.server_momentum > 0 else None
 
-    def aggregate(self, messages: Tensor, honest: Tensor, t: int) -> tuple[Tensor, dict]:
-        """The robust update of round t and the rule's diagnostics."""
-        g = round_generator(self.cfg.run_seed, t, "server")
-        x = self.chain(messages, g)
-        out = self.rule(x, honest=honest.to(x.device))
-        info = dict(self.rule.info)
-        if "selected" in info and len(self.chain):
-            # Selected rows index the pre-aggregated vectors; the stages' diagnostics
-            # (bucket permutation, resampling groups, NNM neighbours) map them back to workers.
-            info["pre"] = self.chain.info
-        return out, info
+    def aggregate(self, messages: Tensor, honest: Tensor, t: int,
+                  dropped: Sequence[int] = ()) -> tuple[Tensor | None, dict]:
+        """The robust update of round t and the rule's diagnostics (:func:`aggregate_usable`)."""
+        return aggregate_usable(self.chain, self.rule, messages, honest, self.cfg.f, dropped,
+                                round_generator(self.cfg.run_seed, t, "server"),
+                                self.protocol.usable_rows)
 
     def step(self, update: Tensor, t: int) -> float:
         lr = learning_rate(self.cfg, t)

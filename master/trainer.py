@@ -17,18 +17,18 @@ import torch
 from tqdm import tqdm
 
 from common.attacks import make_attack
-from common.errors import one_line
+from common.errors import ConfigError, one_line
 from common.finite import all_finite
 from common.run.config import Config
-from common.run.io import MetricsLog, load_torch, save_torch, write_json
+from common.run.io import CHECKPOINT, MetricsLog, load_torch, save_torch, write_json
 from common.run.problem import Problem
-from common.run.schedule import ByzantineSchedule
+from common.run.resume import fingerprint, refuse, shape_differences, tensor_shapes
+from common.run.rundir import io_error
+from common.run.schedule import ByzantineSchedule, learning_rate
 from master.evaluate import evaluate
 from master.messages import sanitize
 from master.server import Server
 from master.transport import Transport
-
-CHECKPOINT = "checkpoint.pt"
 
 
 class Interrupted(Exception):
@@ -84,16 +84,30 @@ class Trainer:
         missing = workers.pop("missing", None)
         if missing:
             self._keep_previous_state(path, workers, sorted(missing), next_round)
-        save_torch(path, {
+        server = self.server.state_dict()
+        state = {
             "round": next_round,
-            "server": self.server.state_dict(),
+            "server": server,
             "schedule": self.schedule.state_dict(),
             "workers": workers,
             "best_acc": self.best_acc,
             "last_eval": self.last_eval,
             "wall_seconds": wall,
-        })
+            "fingerprint": {"config": fingerprint(self.cfg.to_dict()),
+                            "shapes": tensor_shapes({"server": server, "workers": workers})},
+        }
+        try:
+            save_torch(path, state)
+        except OSError as e:  # the previous checkpoint.pt is untouched (atomic replace)
+            raise ConfigError(f"{io_error('write', path, e)}; "
+                              + self._kept_checkpoint()) from None
         self.saved_round = next_round
+
+    def _kept_checkpoint(self) -> str:
+        if self.saved_round is None:
+            return "no checkpoint of this run was written yet"
+        return (f"the checkpoint of round {self.saved_round} is kept: continue with "
+                f"--resume {self.out_dir}")
 
     def _keep_previous_state(self, path: str, workers: dict, missing: list[int],
                              next_round: int) -> None:
@@ -119,6 +133,13 @@ class Trainer:
 
     def restore(self) -> None:
         ck = load_torch(os.path.join(self.out_dir, CHECKPOINT))
+        saved = ck.get("fingerprint", {}).get("shapes") if isinstance(ck.get("fingerprint"),
+                                                                       dict) else None
+        if isinstance(saved, dict):
+            diffs = shape_differences(saved, self._shapes_needed())
+            if diffs:
+                raise refuse(self.out_dir, "checkpoint.pt does not fit this run (its data or "
+                             "model changed)", diffs)
         self.start_round = self.saved_round = int(ck["round"])
         self.server.load_state_dict(ck["server"])
         self.schedule.load_state_dict(ck["schedule"])
@@ -126,6 +147,13 @@ class Trainer:
         self.best_acc = float(ck["best_acc"])
         self.last_eval = dict(ck["last_eval"])
         self.wall_before = float(ck["wall_seconds"])
+
+    def _shapes_needed(self) -> dict[str, list[int]]:
+        """The shape of every server and per-worker tensor this run keeps."""
+        n = self.cfg.num_workers
+        schema = self.server.protocol.state_schema(self.cfg, self.problem.dim)
+        return {**tensor_shapes({"server": self.server.state_dict()}),
+                **{f"workers.{k}": [n, *shape] for k, (shape, _) in schema.items()}}
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict:
@@ -135,10 +163,12 @@ class Trainer:
         os.makedirs(self.out_dir, exist_ok=True)
         if resume:
             self.restore()
-        else:
+        try:  # the fully resolved configuration, with what a resume changed
             write_json(os.path.join(self.out_dir, "config.json"), cfg.to_dict())
-        log = MetricsLog(os.path.join(self.out_dir, "metrics.jsonl"),
-                         keep_until_round=self.start_round if resume else None)
+            log = MetricsLog(os.path.join(self.out_dir, "metrics.jsonl"),
+                             keep_until_round=self.start_round if resume else None)
+        except OSError as e:
+            raise io_error("write the run directory", self.out_dir, e) from None
         stop = _StopRequest()
         old_handlers = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, stop)
         consistent = True  # False while a round is in flight
@@ -153,7 +183,11 @@ class Trainer:
                     raise Interrupted(stop.name)
                 consistent = False
                 record = self.round(t)
-                log.write(record)
+                try:
+                    log.write(record)
+                except OSError as e:
+                    raise ConfigError(f"{io_error('write', log.path, e)}; "
+                                      + self._kept_checkpoint()) from None
                 t += 1
                 consistent = True
                 bar.update(1)
@@ -192,7 +226,11 @@ class Trainer:
         }
         if self.test_metric is not None and self.test_metric[0] in self.last_eval:
             summary["final_" + self.test_metric[0]] = self.last_eval[self.test_metric[0]]
-        write_json(os.path.join(self.out_dir, "summary.json"), summary)
+        path = os.path.join(self.out_dir, "summary.json")
+        try:
+            write_json(path, summary)
+        except OSError as e:
+            raise ConfigError(f"{io_error('write', path, e)}; {self._kept_checkpoint()}") from None
         return summary
 
     def round(self, t: int) -> dict:
@@ -201,15 +239,17 @@ class Trainer:
         res = self.transport.round(self.server.params, t, byz)
         faults = sanitize(res.messages, res.status, res.checked, res.finite)
         honest = torch.from_numpy(~byz)
-        update, info = self.server.aggregate(res.messages, honest, t)
+        update, info = self.server.aggregate(res.messages, honest, t, dropped=sorted(faults))
         for k in info.get("invalid", ()):  # a vote buffer that did not decode (signSGD)
             faults.setdefault(int(k), "undecodable")
-        if not all_finite(update):
+        if update is not None and not all_finite(update):
             # Only reachable when the rule's precondition is violated at run time (e.g. f too
             # small for the real number of attackers): skip the step rather than poison the model.
             faults[-1] = "nonfinite_update"
-            update = torch.zeros_like(update)
-        lr = self.server.step(update, t)
+            update = None
+        # A skipped round (nothing usable, or a non-finite update) leaves the model and the
+        # server's momentum as they were.
+        lr = self.server.step(update, t) if update is not None else learning_rate(cfg, t)
         # train_loss: mean batch loss of the honest workers whose message was usable (a worker
         # flagged in faults may have sent garbage losses too, e.g. random bytes)
         reporting = ~byz

@@ -1,7 +1,8 @@
 """Robustness properties of the server's pipeline under hostile messages (hypothesis).
 
-The pipeline is what ``Trainer.round`` runs: :func:`master.messages.sanitize` (non-finite or
-unusable rows become zero rows), the pre-aggregator chain, the robust rule, then a finiteness
+The pipeline is what ``Trainer.round`` runs: :func:`master.messages.sanitize` finds the
+non-finite or unusable rows, :func:`master.server.aggregate_usable` drops them and runs the
+pre-aggregator chain and the robust rule on the rest with f lowered as many, then a finiteness
 check of the update before the step (the policy and the trainer: test_server_pipeline.py).
 Every tensor rule of :data:`common.aggregation.rules.RULES` is exercised with
 up to f hostile rows holding +1e30, -1e30, mixed +-1e30, NaN or Inf, with identical rows, n = 1
@@ -31,6 +32,7 @@ from common.aggregation import rules as R
 from common.aggregation.preagg import make_chain
 from common.errors import ConfigError
 from master.messages import OK, sanitize
+from master.server import aggregate_usable
 
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -100,13 +102,15 @@ def cases(draw, names=ALL_RULES, kinds=HOSTILE, max_f=3):
 
 def pipeline(name: str, x: torch.Tensor, honest: torch.Tensor, f: int,
              pre: str = "none", seed: int = 0) -> tuple[torch.Tensor, dict]:
-    """sanitize -> chain -> rule, as Server.aggregate after Trainer.round's sanitize."""
+    """sanitize -> drop -> chain -> rule, as Trainer.round and Server.aggregate run them."""
     n = x.shape[0]
     faults = sanitize(x, [OK] * n)
     chain = make_chain(pre, n, f)
     rule = R.make_rule(name, chain.out_count(n), f)
-    y = chain(x, torch.Generator().manual_seed(seed))
-    return rule(y, honest=honest), faults
+    out, info = aggregate_usable(chain, rule, x, honest, f, sorted(faults),
+                                 torch.Generator().manual_seed(seed))
+    assert out is not None, info
+    return out, faults
 
 
 @SETTINGS
@@ -120,6 +124,30 @@ def test_every_rule_finite_under_hostile_rows(case):
     if kind in ("nan", "inf") and f:
         assert sorted(faults) == sorted(torch.nonzero(~honest).flatten().tolist())
         assert set(faults.values()) == {"nonfinite"}
+
+
+@SETTINGS
+@given(case=cases(kinds=["nan", "inf"]), pre=st.sampled_from(["none", "bucketing:2", "nnm"]))
+def test_nonfinite_rows_are_dropped_not_zeroed(case, pre):
+    """With the honest rows far from zero (every coordinate > 0), f NaN/Inf rows change nothing:
+    the output is exactly that of the honest rows alone with f = 0, and it stays away from the
+    zero vector a substituted zero message would pull a distance-based rule to."""
+    name, n, f, d, kind, seed, scale = case
+    assume(f >= 1 and name != "oracle")
+    try:
+        make_chain(pre, n, f), make_chain(pre, n - f, 0)
+        R.make_rule(name, make_chain(pre, n, f).out_count(n), f)
+        R.make_rule(name, make_chain(pre, n - f, 0).out_count(n - f), 0)
+    except ConfigError:
+        assume(False)  # not a valid configuration, or nothing left to aggregate
+    x, honest = scenario(n, f, d, kind, seed, scale)
+    x[honest] += 10 * scale
+    rows = x[honest].clone()
+    out, faults = pipeline(name, x, honest, f, pre, seed)
+    assert sorted(faults) == torch.nonzero(~honest).flatten().tolist()
+    alone, _ = pipeline(name, rows, torch.ones(n - f, dtype=torch.bool), 0, pre, seed)
+    assert torch.equal(out, alone), (name, pre)
+    assert bool((out > 0).all()), (name, pre, kind)
 
 
 @SETTINGS

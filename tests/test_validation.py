@@ -156,7 +156,7 @@ def test_resume_with_damaged_files(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main_mod.main(["--resume", str(tmp_path)])
     assert e.value.code == 2
-    assert "cannot read config.json" in _one_clear_line(capsys.readouterr().err)
+    assert "config.json is not valid JSON" in _one_clear_line(capsys.readouterr().err)
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(SystemExit) as e:
         main_mod.main(["--resume", str(tmp_path)])

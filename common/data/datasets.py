@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.errors import ConfigError, one_line, unknown_name
+from common.errors import ConfigError, one_line, unknown_name, warn
 
 #: Where the Debian package ``dataset-fashion-mnist`` installs the IDX files.
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
@@ -159,6 +159,8 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_digits(data_dir: str | None) -> Dataset:
+    if data_dir:
+        warn(f"--data-dir {data_dir} is not used: digits is embedded (scikit-learn's copy)")
     images, target = digits_arrays()
     x = images.astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
     y = target.astype(np.int64)
@@ -189,6 +191,9 @@ def _load_fashionmnist(data_dir: str | None) -> Dataset:
                        os.path.join(data_dir, "FashionMNIST", "raw")]
     candidates.append(FASHION_MNIST_SYSTEM_DIR)
     paths = _find_idx_dir(candidates)
+    if paths is not None and data_dir and paths["train_images"].startswith(FASHION_MNIST_SYSTEM_DIR):
+        warn(f"--data-dir {data_dir} holds no fashionmnist IDX files; using those in "
+             f"{FASHION_MNIST_SYSTEM_DIR} instead")
     if paths is None:
         where = f"{data_dir} or {FASHION_MNIST_SYSTEM_DIR}" if data_dir else FASHION_MNIST_SYSTEM_DIR
         raise ConfigError(

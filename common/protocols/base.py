@@ -21,6 +21,7 @@ from torch import Tensor
 from common.aggregation.rules import RULES
 from common.errors import require
 from common.params import Param, Registry
+from common.rows import take_rows
 from common.wire.formats import FloatRows
 
 __all__ = ["Protocol", "Clients", "PROTOCOLS", "protocol_of", "plain_uploads"]
@@ -122,10 +123,16 @@ class Protocol:
 
     # -- server side -----------------------------------------------------------------------------
     def server_rule(self, cfg, problem, device: torch.device, params: Tensor, n_in: int):
-        """The server's aggregator: called as ``rule(x, honest)`` on the round's (n_in, ...)
-        messages after the pre-aggregators, with ``info``, ``state_dict`` and
-        ``load_state_dict``. ``params`` is the server's live parameter vector."""
+        """The server's aggregator: called as ``rule(x, honest, f=..., workers=...)`` on the
+        round's usable messages after the pre-aggregators (``f``: the Byzantine rows left to
+        assume, ``workers``: the worker of each row, None when every message was usable), with
+        ``info``, ``state_dict`` and ``load_state_dict``. ``params`` is the server's live parameter vector."""
         return RULES.get(cfg.agg)(n_in, cfg.f, **cfg.agg_params)
+
+    def usable_rows(self, messages: Tensor, honest: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """The round's messages and honest mask reduced to the usable workers ``keep`` (sorted
+        indices), for the server's rule: the rows themselves by default."""
+        return take_rows(messages, keep), honest[keep]
 
     def start(self, rule, startup: list) -> None:
         """Hand the server's rule what the clients sent at start-up (one entry per worker)."""

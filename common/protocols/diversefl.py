@@ -40,6 +40,7 @@ from common.errors import require
 from common.params import Param
 from common.protocols.base import PROTOCOLS, plain_uploads
 from common.protocols.gradient import Gradient
+from common.rows import take_rows
 from common.seeding import round_generator
 from common.wire.samples import Sample, pack_samples, unpack_samples
 
@@ -205,15 +206,22 @@ class DiverseFLFilter:
         self.missing = [j for j, s in enumerate(samples) if s is None]
         self.guides = GuidingGradients(self.problem, samples, self.path, self.device)
 
-    def __call__(self, x: Tensor, honest: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, honest: Tensor | None = None, f: int | None = None,
+                 workers: Tensor | None = None) -> Tensor:
+        """The filtered mean; ``workers``: the client of each row (None: row j is client j)."""
         if self.guides is None:
             raise RuntimeError("DiverseFL has no client samples; call set_samples() before round 0")
         g = self.guides(self.params)
+        if workers is not None:
+            g = take_rows(g, workers)
         accept, c1, c2 = filter_decisions(g, x, self.cfg.rule_values["eps1"],
                                           self.cfg.rule_values["eps2"])
         acc = accept.to(x.device)
         out = x[acc].mean(0) if bool(acc.any()) else torch.zeros_like(x[0])
-        info: dict = {"flagged": (~accept).nonzero().flatten().tolist(),
+        flagged = (~accept).nonzero().flatten()
+        if workers is not None:
+            flagged = workers[flagged]
+        info: dict = {"flagged": flagged.tolist(),
                       "accepted": int(accept.sum())}
         if honest is not None:
             info.update(precision_recall(~accept, ~honest.bool().cpu()))

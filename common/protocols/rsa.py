@@ -100,7 +100,8 @@ class RSAMaster:
         self.delta, self.params = delta, params
         self.info: dict = {}
 
-    def __call__(self, x: Tensor, honest: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, honest: Tensor | None = None, f: int | None = None,
+                 workers: Tensor | None = None) -> Tensor:
         self.info = {"mean_l1": float((self.params.to(x.device).unsqueeze(0) - x).abs().mean())}
         return rsa_master_direction(self.params, x, self.delta)
 

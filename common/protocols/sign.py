@@ -129,7 +129,8 @@ class MajorityVote:
         self.wire, self.n = wire, n
         self.info: dict = {}
 
-    def __call__(self, x: Tensor, honest: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, honest: Tensor | None = None, f: int | None = None,
+                 workers: Tensor | None = None) -> Tensor:
         total, info = self.wire.tally(x)
         info["margin"] = float(total.abs().mean()) / self.n
         self.info = info
@@ -196,6 +197,11 @@ class Sign(Protocol):
 
     def wire(self, cfg, dim: int) -> VoteWire:
         return VoteWire(code_for(cfg), dim)
+
+    def usable_rows(self, messages, honest, keep):
+        # Every node's row stays (the wire reads row j as node j's code); an unusable one was
+        # zeroed, which clears its presence flag: an abstention, what dropping it means in a vote.
+        return messages, honest
 
     def server_rule(self, cfg, problem, device, params, n_in) -> MajorityVote:
         return MajorityVote(self.wire(cfg, problem.dim), cfg.num_workers)

@@ -6,53 +6,110 @@ exits with code 2: see :func:`exit_on_config_error`.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import sys
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from common.errors import ConfigError, one_line
 from common.run.config import Config, validate
-from common.run.flags import list_choices, parse_args
-from common.run.io import UnsafeCheckpointError, load_torch, read_json, write_json
+from common.run.flags import flag_names, given_dests, list_choices, parse_args
+from common.run.io import CHECKPOINT, UnsafeCheckpointError, load_torch, read_config_file
+from common.run.resume import RESUMABLE, config_differences, fingerprint, refuse
+from common.run.rundir import RunLock, claim
 
 
-def resolve_run(argv: Sequence[str] | None, prog: str) -> tuple[Config, str, bool] | None:
-    """(config, run directory, resume?) or None when the command was ``--list``."""
+@dataclass
+class Resolved:
+    """A run ready to start: its config, directory, whether it resumes, and the directory's lock
+    (held until released or the process exits)."""
+
+    cfg: Config
+    run_dir: str
+    resume: bool
+    lock: RunLock
+
+
+def resolve_run(argv: Sequence[str] | None, prog: str) -> Resolved | None:
+    """The run the command line asks for, its directory claimed; None for ``--list``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     cfg, ns = parse_args(argv, prog)
     if ns.list:
         print(list_choices())
         return None
-    if ns.resume:
-        run_dir = ns.resume
-        cfg_path = os.path.join(run_dir, "config.json")
-        if not os.path.exists(os.path.join(run_dir, "checkpoint.pt")) or not os.path.exists(cfg_path):
-            raise ConfigError(f"--resume {run_dir}: no checkpoint.pt and config.json there; "
-                              "pass the directory of a run started by main.py or MPI_main.py")
-        try:
-            saved = read_json(cfg_path)
-            cfg = Config.from_dict(saved)
-        except (OSError, ValueError) as e:  # ValueError: not JSON (json.JSONDecodeError)
-            raise ConfigError(f"--resume {run_dir}: cannot read config.json ({one_line(e)})") from None
-        _check_checkpoint(run_dir)
-        given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
-        if "--no-progress" in given:
-            cfg.progress = False
-        new_rounds = "--rounds" in given or "--iterations" in given
-        if new_rounds:
-            cfg.rounds = ns.rounds
-        validate(cfg)
-        if new_rounds:  # the run's target is now R: a later bare --resume continues to R too
-            write_json(cfg_path, {**saved, "rounds": cfg.rounds})
-        return cfg, run_dir, True
-    run_dir = cfg.output or os.path.join("outputs", cfg.run_name())
-    cfg.output = run_dir
-    return cfg, run_dir, False
+    if not ns.resume:
+        run_dir = cfg.output or default_run_dir(cfg)
+        cfg.output = run_dir
+        return Resolved(cfg, run_dir, False, prepare_run(cfg, run_dir, False, ns.overwrite))
+    run_dir = ns.resume
+    given = given_dests(argv, prog) - {"resume"}
+    refused = sorted(given - set(RESUMABLE))
+    if refused:
+        raise ConfigError(f"--resume {run_dir}: {', '.join(flag_names(refused, prog))} cannot "
+                          "change on resume (they define the run; start a new run with -o to "
+                          "try them); flags a resume may change: "
+                          f"{', '.join(flag_names(RESUMABLE, prog))}")
+    saved = _saved_config(run_dir)
+    for k in sorted(given):  # what the resume changes, recorded in config.json by the trainer
+        setattr(saved, k, getattr(cfg, k))
+    validate(saved)
+    return Resolved(saved, run_dir, True, prepare_run(saved, run_dir, True))
 
 
-def _check_checkpoint(run_dir: str) -> None:
-    """Fail with one line, before any rank starts, if ``checkpoint.pt`` is not one of ours."""
+def default_run_dir(cfg: Config) -> str:
+    """``outputs/<run name>_<fingerprint>``: distinct configurations get distinct directories
+    (the name leaves out lr, rounds and most other settings; the 6 hex digits cover them)."""
+    digest = hashlib.sha256(json.dumps(fingerprint(cfg.to_dict()), sort_keys=True,
+                                       default=str).encode()).hexdigest()[:6]
+    return os.path.join("outputs", f"{cfg.run_name()}_{digest}")
+
+
+def prepare_run(cfg: Config, run_dir: str, resume: bool, overwrite: bool = False) -> RunLock:
+    """Claim ``run_dir`` for ``cfg`` (:func:`common.run.rundir.claim`); on resume, first check
+    that its checkpoint is one of ours, of this configuration, and not past ``cfg.rounds``.
+    Raises ConfigError (one line) otherwise; nothing is written then."""
+    if not resume:
+        return claim(run_dir, False, overwrite)
+    if not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+        raise ConfigError(f"--resume {run_dir}: no checkpoint.pt there; pass the directory of a "
+                          "run started by main.py or MPI_main.py")
+    lock = claim(run_dir, True)
     try:
-        ck = load_torch(os.path.join(run_dir, "checkpoint.pt"))
+        ck = _check_checkpoint(run_dir)
+        if ck["round"] > cfg.rounds:
+            raise ConfigError(f"--resume {run_dir}: --rounds {cfg.rounds} is below the "
+                              f"checkpoint's round {ck['round']}; give --rounds {ck['round']} or "
+                              "more")
+        stamp = ck.get("fingerprint")
+        if isinstance(stamp, dict) and isinstance(stamp.get("config"), dict):
+            diffs = config_differences(stamp["config"], cfg.to_dict())
+            if diffs:
+                raise refuse(run_dir, "config.json does not describe the run of checkpoint.pt "
+                             "(edited, or another run's); restore it or start a new run", diffs)
+    except ConfigError:
+        lock.release()
+        raise
+    return lock
+
+
+def _saved_config(run_dir: str) -> Config:
+    cfg_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(cfg_path) or not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+        raise ConfigError(f"--resume {run_dir}: no checkpoint.pt and config.json there; pass "
+                          "the directory of a run started by main.py or MPI_main.py")
+    try:
+        return Config.from_dict(read_config_file(cfg_path, cfg_path))
+    except ConfigError as e:
+        raise ConfigError(f"--resume {run_dir}: {e}") from None
+
+
+def _check_checkpoint(run_dir: str) -> dict:
+    """The checkpoint's tensors memory-mapped (read only where touched); fails with one line,
+    before any rank starts, if ``checkpoint.pt`` is not one of ours."""
+    try:
+        ck = load_torch(os.path.join(run_dir, CHECKPOINT), mmap=True)
         ok = (isinstance(ck, dict) and isinstance(ck.get("round"), int)
               and isinstance(ck.get("server"), dict) and "params" in ck["server"])
     except UnsafeCheckpointError as e:
@@ -65,6 +122,7 @@ def _check_checkpoint(run_dir: str) -> None:
     if not ok:
         raise ConfigError(f"--resume {run_dir}: checkpoint.pt does not hold a run's state; "
                           "it was not written by main.py/MPI_main.py")
+    return ck
 
 
 def exit_on_config_error(fn: Callable) -> Callable:

@@ -21,7 +21,7 @@ from common.aggregation.rules import RULES
 from common.attacks import ATTACKS, make_attack
 from common.compute.paths import GRAD_PATHS
 from common.data import datasets, models, partition
-from common.errors import ConfigError, require, unknown_name
+from common.errors import ConfigError, require, unknown_name, warn
 from common.params import declared_params
 from common.protocols import protocol_of
 from common.run.plugins import load_plugins
@@ -35,6 +35,9 @@ COMPILE_MODES = ("auto", "on", "off")
 # --inject-fault: what a faulty MPI worker rank does to its messages (worker/faults.py).
 # stallstate: from its 2nd STATE command on, the rank answers only once rank 0 has given up
 # (after --state-timeout) and sent its next command; rounds are answered normally.
+# torch's thread pool crashes (SIGSEGV) when asked for 100000 threads; far more than any node's
+# cores, which is where more threads stop helping.
+MAX_THREADS = 1024
 FAULT_KINDS = ("wrongsize", "wrongdtype", "nan", "inf", "huge", "randombytes", "stall", "flood",
                "stallstate")
 
@@ -234,7 +237,8 @@ def _check_fields(cfg: Config) -> None:
     require(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}")
     require(cfg.eval_every >= 1, f"--eval-every must be >= 1, got {cfg.eval_every}")
     require(cfg.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {cfg.checkpoint_every}")
-    require(cfg.threads >= 0, f"--threads must be >= 0, got {cfg.threads}")
+    require(0 <= cfg.threads <= MAX_THREADS,
+            f"--threads must be in [0, {MAX_THREADS}] (0: automatic), got {cfg.threads}")
     require(cfg.round_timeout >= 0, f"--round-timeout must be >= 0 seconds, got {cfg.round_timeout}")
     require(cfg.state_timeout is None or cfg.state_timeout >= 0,
           f"--state-timeout must be >= 0 seconds, got {cfg.state_timeout}")
@@ -246,6 +250,9 @@ def _check_fields(cfg: Config) -> None:
     require(cfg.markov_k >= 1, f"--markov-k must be >= 1, got {cfg.markov_k}")
     require(cfg.seed >= 0 and cfg.trial_idx >= 0,
           f"--seed and --trial_idx must be >= 0, got seed={cfg.seed}, trial_idx={cfg.trial_idx}")
+    require(cfg.seed + cfg.trial_idx < 2**32,
+            f"--seed + --trial_idx must be below 2**32 = {2**32} (the random streams are keyed "
+            f"by 32 bits), got {cfg.seed + cfg.trial_idx}")
     require(cfg.warmup_rounds >= 0, f"--warmup-rounds must be >= 0, got {cfg.warmup_rounds}")
     require(cfg.warmup_start >= 0 and math.isfinite(cfg.warmup_start),
           f"--warmup-start must be >= 0, got {cfg.warmup_start}")
@@ -290,6 +297,13 @@ def validate(cfg: Config) -> None:
     cfg.attack_params = ATTACKS.resolve(cfg.attack, cfg.attack_params)
     chain = make_chain(cfg.pre, cfg.num_workers, cfg.f)
     protocol_of(cfg).validate(cfg, chain)
+    for text in chain.warnings(cfg.num_workers):
+        warn(text)
+    ms = list(cfg.lr_milestones)
+    if ms != sorted(set(ms)):
+        warn(f"--lr-milestones {','.join(map(str, ms))} are not strictly increasing; the lr "
+             "is multiplied by --lr-gamma once per milestone reached, whatever the order (a "
+             "repeated one twice)")
     attack = ATTACKS.get(cfg.attack)
     attack.check_config(cfg)
     make_attack(cfg.attack, cfg.num_workers, cfg.num_byzantine, 10, **cfg.attack_params)

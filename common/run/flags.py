@@ -14,7 +14,8 @@ read first, so a plugin's rules and attacks have their flags too.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import io
 import sys
 from dataclasses import fields
 from typing import Sequence
@@ -28,6 +29,7 @@ from common.errors import ConfigError
 from common.params import declared_params, parse_bool, registries
 from common.protocols import PROTOCOLS
 from common.run.config import COMPILE_MODES, FAULT_KINDS, MOMENTUM_STYLES, Config, validate
+from common.run.io import read_config_file
 from common.run.plugins import load_plugins
 from common.run.schedule import BYZ_SCHEDULES, LR_SCHEDULES
 
@@ -68,7 +70,10 @@ def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
     p.add_argument("--config", help="read flags from a JSON file (e.g. a run's config.json); "
                    "flags on the command line override it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its "
-                   "checkpoint (with --rounds R: up to R rounds)")
+                   "checkpoint (with --rounds R: up to R rounds; only --rounds, --eval-every, "
+                   "--checkpoint-every, timeouts, threads, devices and --no-progress may change)")
+    p.add_argument("--overwrite", action="store_true", help="a new run may replace the run "
+                   "already in its directory (otherwise that is refused)")
     p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
                    help="import MODULE first: its rules, attacks, datasets or models register "
                    "themselves and are usable by name (repeatable; recorded in config.json)")
@@ -134,7 +139,8 @@ def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
     g.add_argument("--trial_idx", "--trial-idx", dest="trial_idx", type=int, default=d.trial_idx,
                    help="repetition index; the run's seed is --seed + --trial_idx")
     g.add_argument("--output", "-o", default=None,
-                   help="run directory (default outputs/<dataset>_<model>_..._s<seed>)")
+                   help="run directory (default outputs/<dataset>_<model>_..._s<seed>_<6 hex digits "
+                   "of the config's hash>)")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="rounds between checkpoints (a checkpoint is also written at the end)")
     g.add_argument("--device", default=d.device,
@@ -192,7 +198,7 @@ def _add_declared(p: argparse.ArgumentParser) -> None:
                                help=f"{'/'.join(owners[prm.key])}: {prm.help}{prm.bounds()}")
 
 
-def _given_dests(argv: Sequence[str], prog: str) -> set[str]:
+def given_dests(argv: Sequence[str], prog: str) -> set[str]:
     """Config fields set on the command line (by any alias or abbreviation of their flags)."""
     p = build_parser(prog)
     for a in p._actions:
@@ -201,6 +207,16 @@ def _given_dests(argv: Sequence[str], prog: str) -> set[str]:
     if "bucketing" in given:
         given.add("pre")
     return given
+
+
+def flag_names(dests, prog: str = "main.py") -> list[str]:
+    """The long flag of each parser destination (``num_workers`` -> ``--num_nodes``)."""
+    by_dest = {a.dest: a.option_strings for a in build_parser(prog)._actions}
+    out = []
+    for dest in dests:
+        opts = by_dest.get(dest) or [f"--{dest}"]
+        out.append(next((o for o in opts if o.startswith("--")), opts[0]))
+    return out
 
 
 def _plugins_first(argv: Sequence[str]) -> list[str]:
@@ -213,12 +229,12 @@ def _plugins_first(argv: Sequence[str]) -> list[str]:
     mods = list(ns.plugins)
     if ns.config:
         try:
-            with open(ns.config) as fh:
-                data = json.load(fh)
+            with contextlib.redirect_stderr(io.StringIO()):  # parse_args warns, once
+                data = read_config_file(ns.config, f"--config {ns.config}")
             if isinstance(data, dict) and isinstance(data.get("plugins"), list):
                 mods = [m for m in data["plugins"] if isinstance(m, str)] + mods
-        except (OSError, ValueError):
-            pass  # reported by parse_args with the full message
+        except ConfigError:
+            pass  # reported by parse_args
     return mods
 
 
@@ -233,14 +249,8 @@ def parse_args(argv: Sequence[str] | None = None,
         return Config(), ns
     base = Config()
     if ns.config:
-        try:
-            with open(ns.config) as fh:
-                base = Config.from_dict(json.load(fh))
-        except OSError as e:
-            raise ConfigError(f"cannot read --config {ns.config}: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--config {ns.config} is not valid JSON: {e}") from None
-    given = _given_dests(argv, prog)
+        base = Config.from_dict(read_config_file(ns.config, f"--config {ns.config}"))
+    given = given_dests(argv, prog)
     values = base.to_dict()
     fixed = {f.name for f in fields(Config)} - {"agg_params", "attack_params", "plugins"}
     values.update({k: getattr(ns, k) for k in fixed if k in given})

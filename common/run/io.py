@@ -7,10 +7,16 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 from typing import Any
 
 import torch
+
+from common.errors import ConfigError
+
+#: The checkpoint's file name in a run directory.
+CHECKPOINT = "checkpoint.pt"
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -49,6 +55,52 @@ def write_json(path: str, obj: Any) -> None:
 def read_json(path: str) -> Any:
     with open(path) as fh:
         return json.load(fh)
+
+
+#: The largest config file read (a run's config.json is about 2 KB).
+CONFIG_LIMIT = 1 << 20
+
+
+def read_config_file(path: str, what: str) -> Any:
+    """A JSON config file (``--config``, a run's config.json) read as untrusted input: at most
+    :data:`CONFIG_LIMIT` bytes (``/dev/zero`` is not read until memory runs out), UTF-8, nesting
+    bounded by the parser's recursion limit; a key given twice is a ``warning:`` line (the last
+    value wins, as in JSON parsers). Raises ConfigError naming the problem (``what``: the
+    file's role, e.g. ``--config x.json``)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(CONFIG_LIMIT + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what}: {e.strerror or e}") from None
+    if len(data) > CONFIG_LIMIT:
+        raise ConfigError(f"{what} is larger than {CONFIG_LIMIT >> 20} MiB; a config is a JSON "
+                          "object of flag values (a run's config.json is about 2 KB)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} is not UTF-8 text (byte {e.start}); a config is a JSON "
+                          "object of flag values") from None
+    dupes: list[str] = []
+
+    def pairs(items):
+        seen = {}
+        for k, v in items:
+            if k in seen:
+                dupes.append(k)
+            seen[k] = v
+        return seen
+
+    try:
+        obj = json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} nests too deeply to be a config (a config is a flat JSON "
+                          "object of flag values)") from None
+    if dupes:
+        print(f"warning: {what} gives {', '.join(sorted(set(dupes)))} more than once; the "
+              "last value is used", file=sys.stderr)
+    return obj
 
 
 def save_torch(path: str, obj: Any) -> None:

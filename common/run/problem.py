@@ -16,7 +16,7 @@ from common.data.datasets import Dataset, load_dataset
 from common.data.flat import FlatParams
 from common.data.models import make_model
 from common.data.partition import longtail_indices, parse_scheme, partition
-from common.errors import ConfigError
+from common.errors import ConfigError, require
 from common.run.config import Config
 
 
@@ -65,6 +65,11 @@ def build_problem(cfg: Config, device: torch.device | str = "cpu") -> Problem:
         ds = Dataset(name=ds.name, x_train=ds.x_train[keep_train], y_train=ds.y_train[keep_train],
                      x_test=ds.x_test[keep_test], y_test=ds.y_test[keep_test],
                      num_classes=ds.num_classes, input_shape=ds.input_shape)
+    n_train = len(ds.y_train)
+    require(cfg.batch_size <= n_train,
+            f"--batch_size {cfg.batch_size} exceeds the {n_train} training samples of "
+            f"{cfg.dataset} (each worker draws its batch from its own shard of about "
+            f"{n_train // cfg.num_workers}); use at most {n_train}")
     torch.manual_seed(cfg.run_seed)
     model = make_model(cfg.model, ds.input_shape, ds.num_classes).to(device)
     flat = FlatParams(model)

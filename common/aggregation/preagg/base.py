@@ -59,12 +59,25 @@ class PreAggregator:
         """How many vectors the stage emits for n inputs."""
         return n
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def warnings(self, n: int) -> list[str]:
+        """Why the stage's setting, accepted for n inputs, is probably not what was meant."""
+        return []
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None,
+                 f: int | None = None) -> Tensor:
+        """The stage on x; ``f``: the Byzantine vectors assumed for this call when it is not the
+        configured one (as :meth:`common.aggregation.rules.Rule.__call__`)."""
         check_matrix(x, "a pre-aggregator")
-        if x.shape[0] != self.n:
-            self.check(x.shape[0])
-        self.info = {}
-        return self.apply(x, generator, self._output(self.out_count(x.shape[0]), x))
+        configured = self.f
+        if f is not None:
+            self.f = int(f)
+        try:
+            if x.shape[0] != self.n or self.f != configured:
+                self.check(x.shape[0])
+            self.info = {}
+            return self.apply(x, generator, self._output(self.out_count(x.shape[0]), x))
+        finally:
+            self.f = configured
 
     def _output(self, m: int, x: Tensor) -> Tensor:
         """The (m, d) output buffer, reallocated only when the shape, dtype or device change
@@ -143,10 +156,19 @@ class Chain:
             n = st.out_count(n)
         return n
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def warnings(self, n: int) -> list[str]:
+        """Every stage's :meth:`PreAggregator.warnings` for the vectors it receives."""
+        out = []
+        for st in self.stages:
+            out += st.warnings(n)
+            n = st.out_count(n)
+        return out
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None,
+                 f: int | None = None) -> Tensor:
         info = []
         for st in self.stages:
-            x = st(x, generator)
+            x = st(x, generator, f)
             info.append({"name": st.name, **st.info})
         self.info = info
         return x

@@ -68,6 +68,13 @@ class Bucketing(PreAggregator):
     def out_count(self, n: int) -> int:
         return math.ceil(n / self.values["s"])
 
+    def warnings(self, n: int) -> list[str]:
+        s = self.values["s"]
+        if s >= n > 1:
+            return [f"bucketing:{s} with {n} messages puts them all in one bucket: the rule sees "
+                    "their mean only (no robustness); a bucket size below n/2 was meant?"]
+        return []
+
     def apply(self, x, generator, out):
         s = self.values["s"]
         groups, perm = _bucket_groups(x.shape[0], s, generator)

@@ -12,8 +12,9 @@ clipping, keeps the state carried across rounds. A new module in this package re
 Conventions: n is the number of rows the rule sees (after pre-aggregation), f the number of
 Byzantine rows the defense assumes. Every rule works on any device and floating dtype of its
 input and returns a tensor of the same device and dtype (scores and distances excepted: they
-are float64). The server replaces non-finite rows before it calls a rule; rules must stay finite
-when up to f rows hold huge finite values (:mod:`common.aggregation.tensors`).
+are float64). The server drops unusable and non-finite rows before it calls a rule (and lowers f
+by as many, :mod:`master.messages`); rules must stay finite when up to f rows hold huge finite
+values (:mod:`common.aggregation.tensors`).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class Rule:
     (:mod:`common.aggregation.sortnet`); others ignore it.
 
     ``__init__`` checks the preconditions and raises :class:`ConfigError` naming the violated
-    bound; a call with a different number of rows re-checks them for that count.
+    bound; a call with a different number of rows (or another f) re-checks them for that count.
     """
 
     name: ClassVar[str] = ""
@@ -72,12 +73,25 @@ class Rule:
     def check(self, n: int) -> None:
         """Raise ConfigError if the rule cannot run on n rows (with this f and these values)."""
 
-    def __call__(self, x: Tensor, honest: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, honest: Tensor | None = None, f: int | None = None,
+                 workers: Tensor | None = None) -> Tensor:
+        """The rule on the rows x. ``f``: the Byzantine rows assumed for this call when it is not
+        the configured one (the server lowers it by the messages it dropped as unusable, see
+        :mod:`master.messages`); the preconditions are re-checked for the rows and f of the call.
+        ``workers``: the worker of each row when the server dropped some (per-worker rules)."""
         check_matrix(x)
-        if x.shape[0] != self.n:
+        if f is None or int(f) == self.f:
+            if x.shape[0] != self.n:
+                self.check(x.shape[0])
+            self.info = {}
+            return self.aggregate(x, honest)
+        configured, self.f = self.f, _count("f", f, self.name)
+        try:
             self.check(x.shape[0])
-        self.info = {}
-        return self.aggregate(x, honest)
+            self.info = {}
+            return self.aggregate(x, honest)
+        finally:
+            self.f = configured
 
     def aggregate(self, x: Tensor, honest: Tensor | None) -> Tensor:
         """The rule's output for the rows x (``honest``: the true honest mask, for the oracle)."""
