@@ -44,10 +44,25 @@ if MPI is not None:  # both sides import mpi4py themselves
 RUN, EXIT = 1, 0
 
 
+def _rank_count(size: int):
+    """The check of the launch's rank count against the config's workers (ConfigError)."""
+    def check(cfg) -> None:
+        n = cfg.num_workers
+        if size == 1:
+            raise ConfigError("MPI_main.py needs rank 0 (server) plus at least one worker rank: "
+                              f"start it with mpiexec, e.g. mpiexec -n {min(n, 4) + 1} python "
+                              "MPI_main.py ... (python main.py runs everything in one process)")
+        if size - 1 > n:
+            raise ConfigError(f"mpiexec -n {size} gives {size - 1} worker ranks for n={n} "
+                              "workers; every worker rank needs a worker: use at most "
+                              f"{n + 1} ranks, or more workers (-n)")
+    return check
+
+
 def _resolve(argv, size: int) -> tuple[int, int, dict | None, str, bool]:
     """Rank 0: (RUN/EXIT, exit code, config dict, run dir, resume?). Prints its own errors."""
     try:
-        resolved = resolve_run(argv, "MPI_main.py")
+        resolved = resolve_run(argv, "MPI_main.py", check=_rank_count(size))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT, 2, None, "", False
@@ -55,19 +70,7 @@ def _resolve(argv, size: int) -> tuple[int, int, dict | None, str, bool]:
         return EXIT, int(e.code or 0), None, "", False
     if resolved is None:     # --list
         return EXIT, 0, None, "", False
-    cfg, run_dir, resume = resolved.cfg, resolved.run_dir, resolved.resume
-    n = cfg.num_workers
-    if size == 1:
-        print("error: MPI_main.py needs rank 0 (server) plus at least one worker rank: start it "
-              f"with mpiexec, e.g. mpiexec -n {min(n, 4) + 1} python MPI_main.py ... "
-              "(python main.py runs everything in one process)", file=sys.stderr)
-        return EXIT, 2, None, "", False
-    if size - 1 > n:
-        print(f"error: mpiexec -n {size} gives {size - 1} worker ranks for n={n} workers; every "
-              f"worker rank needs a worker: use at most {n + 1} ranks, or more workers (-n)",
-              file=sys.stderr)
-        return EXIT, 2, None, "", False
-    return RUN, 0, cfg.to_dict(), run_dir, resume
+    return RUN, 0, resolved.cfg.to_dict(), resolved.run_dir, resolved.resume
 
 
 def _share_config(comm, rank: int, argv) -> tuple[int, dict | None, str, bool]:

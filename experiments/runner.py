@@ -52,11 +52,9 @@ def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str]:
     try:
         if not force and _same_config(out_dir, argv):
             return name, "skipped", 0.0, "already done"
-        stale = os.path.join(out_dir, "summary.json")
-        if os.path.exists(stale):
-            # A rerun that gets interrupted must not leave the old summary next to new logs.
-            os.remove(stale)
-        summary = main_py(argv)
+        # A cell not done with this exact command line is rerun from scratch: its directory's
+        # old files go first (an interrupted rerun must not leave the old summary by new logs).
+        summary = main_py([*argv, "--overwrite"])
         acc = summary["final_test_accuracy"]
         return name, "ok", time.time() - t0, f"final {acc:.2f}%"
     except SystemExit as e:  # main's ConfigError handler exits with code 2 after printing

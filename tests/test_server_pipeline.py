@@ -201,3 +201,19 @@ def test_a_worker_sending_inf_does_not_stop_a_robust_rule(agg, tmp_path):
     import json
     recs = [json.loads(line) for line in open(tmp_path / agg / "metrics.jsonl")]
     assert all(r["faults"] == {"9": "nonfinite"} for r in recs)
+
+
+@pytest.mark.parametrize("agg,pre", [("krum", "none"), ("cclip", "bucketing:2")])
+def test_a_worker_whose_messages_are_all_unusable_is_as_if_absent(agg, pre, tmp_path):
+    """n = 10 with one Byzantine worker sending inf every round ends with bit for bit the model
+    of n = 9 honest workers and f = 0 (the honest workers hold the same shards: the Byzantine
+    one draws from the whole training set), on non-iid data with momentum."""
+    from main import train
+
+    common = {"agg": agg, "pre": pre, "partition": "noniid", "momentum": 0.9, "rounds": 30,
+              "eval_every": 30, "progress": False}
+    hostile = train({**common, "num_workers": 10, "num_byzantine": 1, "attack": "gaussian",
+                     "gaussian_std": 1e38}, output=str(tmp_path / "hostile"))
+    absent = train({**common, "num_workers": 9, "num_byzantine": 0, "attack": "none"},
+                   output=str(tmp_path / "absent"))
+    assert torch.equal(hostile.params, absent.params)

@@ -32,14 +32,18 @@ class Resolved:
     lock: RunLock
 
 
-def resolve_run(argv: Sequence[str] | None, prog: str) -> Resolved | None:
-    """The run the command line asks for, its directory claimed; None for ``--list``."""
+def resolve_run(argv: Sequence[str] | None, prog: str,
+                check: Callable[[Config], None] | None = None) -> Resolved | None:
+    """The run the command line asks for, its directory claimed; None for ``--list``.
+    ``check(cfg)``: the caller's own checks (ConfigError), made before anything is written."""
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, ns = parse_args(argv, prog)
     if ns.list:
         print(list_choices())
         return None
     if not ns.resume:
+        if check is not None:
+            check(cfg)
         run_dir = cfg.output or default_run_dir(cfg)
         cfg.output = run_dir
         return Resolved(cfg, run_dir, False, prepare_run(cfg, run_dir, False, ns.overwrite))
@@ -55,6 +59,8 @@ def resolve_run(argv: Sequence[str] | None, prog: str) -> Resolved | None:
     for k in sorted(given):  # what the resume changes, recorded in config.json by the trainer
         setattr(saved, k, getattr(cfg, k))
     validate(saved)
+    if check is not None:
+        check(saved)
     return Resolved(saved, run_dir, True, prepare_run(saved, run_dir, True))
 
 
