@@ -108,9 +108,29 @@ def _setup(comm, rank: int, cfg_dict: dict):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(max(1, min(torch.get_num_threads(), (cores or 1) // local_size)))
     problem = build_problem(cfg, device)
+    layout = _layout(comm, local_rank, local_size, device)
     if rank == 0:
-        return cfg, device, problem, MPITransport(cfg, problem, device, comm)
+        transport = MPITransport(cfg, problem, device, comm)
+        transport.layout = layout
+        return cfg, device, problem, transport
     return cfg, device, problem, WorkerRank(cfg, problem, device, comm)
+
+
+def _layout(comm, local_rank: int, local_size: int, device) -> list[dict]:
+    """Every rank's host, local rank, ranks on its host and device (for summary.json): fixed-size
+    buffers, no pickle."""
+    mine = np.zeros(96, np.uint8)
+    text = f"{socket.gethostname()}\0{device}".encode()[:88]
+    mine[:len(text)] = np.frombuffer(text, np.uint8)
+    mine[88:96] = np.frombuffer(np.array([local_rank, local_size], np.int32).tobytes(), np.uint8)
+    every = np.zeros((comm.Get_size(), 96), np.uint8)
+    comm.Allgather(mine, every)
+    out = []
+    for row in every:
+        host, _, dev = row[:88].tobytes().rstrip(b"\0").decode(errors="replace").partition("\0")
+        lr, ls = np.frombuffer(row[88:96].tobytes(), np.int32)
+        out.append({"host": host, "local_rank": int(lr), "local_size": int(ls), "device": dev})
+    return out
 
 
 def main(argv=None) -> int:

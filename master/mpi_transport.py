@@ -74,6 +74,8 @@ class MPITransport(Transport):
         self.protocol = protocol_of(cfg)
         self.n, self.d = cfg.num_workers, problem.dim
         self.groups = rank_groups(self.n, comm.Get_size() - 1)
+        #: Per rank: host, local rank and ranks on that host (set by MPI_main after start-up).
+        self.layout: list[dict] = []
         self.timeout = cfg.round_timeout
         self.state_timeout = (STATE_PATIENCE * cfg.round_timeout if cfg.state_timeout is None
                               else cfg.state_timeout)
@@ -358,6 +360,13 @@ class MPITransport(Transport):
         b = Backoff()
         while self.pending:
             self._poll(set(), b)
+
+    def describe(self) -> dict:
+        hosts: dict[str, list[int]] = {}
+        for r, rank in enumerate(self.layout):
+            hosts.setdefault(rank["host"], []).append(r)
+        return {"entry": "MPI_main.py", "processes": self.comm.Get_size(), "hosts": hosts,
+                "ranks": self.layout}
 
     def close(self) -> None:
         """STOP every worker rank and wait until all have left (draining late messages).

@@ -222,6 +222,7 @@ class Trainer:
             "wall_seconds": wall,
             "num_workers": cfg.num_workers,
             "num_byzantine": cfg.num_byzantine,
+            "execution": self.transport.describe(),
             "config": cfg.to_dict(),
         }
         if self.test_metric is not None and self.test_metric[0] in self.last_eval:
@@ -235,6 +236,7 @@ class Trainer:
 
     def round(self, t: int) -> dict:
         cfg = self.cfg
+        t0 = time.perf_counter()
         byz = self.schedule.mask(t)
         res = self.transport.round(self.server.params, t, byz)
         faults = sanitize(res.messages, res.status, res.checked, res.finite)
@@ -268,6 +270,7 @@ class Trainer:
             record["rule"] = info
         if res.info:
             record.update(res.info)
+        record["seconds"] = round(time.perf_counter() - t0, 6)  # collect, aggregate and step
         if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
             self.last_eval = evaluate(self.problem, self.server.params, self.device,
                                       metric=self.test_metric)

@@ -53,6 +53,10 @@ class Transport:
     def close(self) -> None:
         pass
 
+    def describe(self) -> dict:
+        """How the run was executed, for ``summary.json`` (entry point, ranks, hosts)."""
+        return {"entry": "main.py", "processes": 1}
+
 
 class InProcessTransport(Transport):
     """All n workers as one worker group in this process (``group``: a

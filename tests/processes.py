@@ -57,6 +57,16 @@ def final_params(run_dir) -> torch.Tensor:
     return load_torch(os.path.join(run_dir, "checkpoint.pt"))["server"]["params"]
 
 
+def timeless_metrics(path) -> list[dict]:
+    """``metrics.jsonl``'s records without their wall-clock ``seconds`` (what two runs of the
+    same configuration must agree on)."""
+    import json
+
+    with open(path) as fh:
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in fh if line.strip()]
+
+
 def _records_written(path: str) -> int:
     """Complete (newline-terminated) records in ``metrics.jsonl`` so far; 0 if it is missing."""
     try:

@@ -18,7 +18,7 @@ from common.data.partition import label_counts
 from common.run.config import Config, validate
 from common.run.io import read_json, read_metrics
 from common.run.problem import worker_shards
-from tests.processes import run_python
+from tests.processes import run_python, timeless_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -82,11 +82,8 @@ def test_same_seed_is_bit_identical_other_seed_differs(tmp_path):
     ka, kb, kc = load(a), load(b), load(c)
     assert torch.equal(ka["server"]["params"], kb["server"]["params"])
     assert torch.equal(ka["workers"]["momenta"], kb["workers"]["momenta"])
-    def strip(recs):
-        return [{k: v for k, v in r.items() if k != "wall"} for r in recs]
-
-    assert strip(read_metrics(os.path.join(a, "metrics.jsonl"))) == \
-        strip(read_metrics(os.path.join(b, "metrics.jsonl")))
+    assert timeless_metrics(os.path.join(a, "metrics.jsonl")) == \
+        timeless_metrics(os.path.join(b, "metrics.jsonl"))
     assert not torch.equal(ka["server"]["params"], kc["server"]["params"])
 
 
