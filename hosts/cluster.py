@@ -141,12 +141,24 @@ class Cluster:
         return subprocess.run([self.ssh, f"root@{addr}", command], capture_output=True,
                               text=True, timeout=timeout)
 
-    def mpiexec(self, ranks: int, *args: str) -> list[str]:
+    def mpiexec(self, ranks: int, *args: str, hostfile: str | None = None) -> list[str]:
         """``mpiexec -f HOSTFILE`` over ssh with ``ranks`` ranks (filling each host's slots in
         hostfile order, rank 0 on the first) running ``args`` (e.g. python MPI_main.py ...);
-        the proxies call back on the bridge's address."""
-        return ["mpiexec", "-f", self.hostfile, "-launcher", "ssh", "-launcher-exec", self.ssh,
-                "-iface", BRIDGE, "-n", str(ranks), *args]
+        the proxies call back on the bridge's address.
+
+        The hosts share this machine's kernel, so UCX's shared-memory transports would reach
+        across them and no byte would cross a link: ``UCX_TLS=tcp,self`` keeps UCX to TCP between
+        hosts, as between EC2 instances (ranks on one host still share memory through MPICH's
+        own intra-node path)."""
+        return ["mpiexec", "-f", hostfile or self.hostfile, "-launcher", "ssh",
+                "-launcher-exec", self.ssh, "-iface", BRIDGE, "-genv", "MPICH_CH4_NETMOD", "ucx",
+                "-genv", "UCX_TLS", "tcp,self", "-n", str(ranks), *args]
+
+    def write_hostfile(self, path: str, hosts: list[int], slots: list[int]) -> str:
+        """A hostfile of the hosts ``hosts`` (indices) with ``slots`` ranks each; returns path."""
+        with open(path, "w") as fh:
+            fh.writelines(f"{self.addresses[h]}:{s}\n" for h, s in zip(hosts, slots))
+        return path
 
     def netem(self, host: int, spec: str | None) -> None:
         """tc netem on host ``host``'s link (both directions leave through it), e.g. ``delay

@@ -232,14 +232,15 @@ def gram(x: Tensor, z: Tensor | None = None) -> Tensor:
     return upper + torch.triu(g, diagonal=1).T
 
 
-def gram_rounding(x: Tensor, z: Tensor) -> float | None:
+def gram_rounding(x: Tensor, z: Tensor | None = None) -> float | None:
     """A bound on ``|error of G_ij| / (||y_i|| ||y_j||)`` for ``gram(x, z)`` by the kernel: each
     vector lane sums at most chunk / width float32 products before the float64 sum, plus the
     rounding of y = x - z. None where the kernel does not run on x and z."""
-    lib = library() if _native_ok(x) and _native_ok(z[None]) else None
+    lib = library() if _native_ok(x) and (z is None or _native_ok(z[None])) else None
     if lib is None:
         return None
-    return 2.0 ** -24 * (_CENTERED_CHUNK // lib.vector_width() + 3)
+    chunk = _chunk(x.shape[0], _L2_CHUNK_BYTES) if z is None else _CENTERED_CHUNK
+    return 2.0 ** -24 * (chunk // lib.vector_width() + 3)
 
 
 def sq_distances_to(x: Tensor, z: Tensor) -> Tensor:
