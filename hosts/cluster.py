@@ -17,6 +17,7 @@ Faults: :meth:`Cluster.netem` (tc netem on a host's link: delay, loss), :meth:`C
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -218,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["down"]:
         _remove_leftovers()
+        for d in glob.glob(os.path.join(tempfile.gettempdir(), "byzcluster-*")):
+            shutil.rmtree(d, ignore_errors=True)
         return 0
     if argv[:1] != ["up"]:
         print("usage: python -m hosts.cluster up [HOSTS] | down", file=sys.stderr)
