@@ -54,7 +54,9 @@ def aggregate_usable(chain: Chain, rule, messages: Tensor, honest: Tensor, f: in
     try:
         x = chain(messages, generator, f)
         out = rule(x, honest=honest.to(x.device), f=f, workers=workers)
-    except ConfigError as e:  # only with rows dropped: the start-up check passed on all n
+    except ConfigError as e:
+        if not dropped:  # the start-up check passed on all n rows: a defect, not a fault
+            raise
         return None, {"skipped": f"{len(dropped)} unusable messages dropped: {one_line(e)}"}
     info = dict(rule.info)
     if workers is not None:
