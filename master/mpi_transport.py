@@ -175,8 +175,11 @@ class MPITransport(Transport):
                         open_[r].remove(item)
                         if bad:
                             status[r] = WRONGSIZE
-                if status[r] != OK or not open_[r]:
-                    self._cancel(open_.pop(r))
+                # A rank whose message was malformed still gets its other receives of the
+                # round (within the deadline): cancelled, its late parts would be drained as
+                # strays of a later round.
+                if not open_[r]:
+                    open_.pop(r)
             if open_ and deadline is not None and time.perf_counter() > deadline:
                 for r in list(open_):
                     if not self._cancel(open_.pop(r)) and status[r] == OK:

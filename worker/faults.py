@@ -10,6 +10,10 @@ from common.wire.commands import DRAIN_BYTES, NUM_KINDS, TAG_MAX, TAG_PERIOD, ta
 __all__ = ["corrupt", "flood", "stall_seconds", "FLOOD_MESSAGES"]
 
 
+#: ``wrongsize``: seconds between the short message and the round's trailer.
+WRONGSIZE_TRAILER_DELAY = 0.05
+
+
 def corrupt(kind: str | None, payload: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """What a faulty rank sends instead of the float32 ``payload`` (``--inject-fault``)."""
     if kind == "wrongsize":

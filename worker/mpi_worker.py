@@ -45,7 +45,7 @@ from common.wire.commands import (
     wait,
     wait_all,
 )
-from worker.faults import corrupt, flood, stall_seconds
+from worker.faults import WRONGSIZE_TRAILER_DELAY, corrupt, flood, stall_seconds
 from worker.group import make_worker_group
 
 __all__ = ["WorkerRank"]
@@ -121,8 +121,15 @@ class WorkerRank:
         if self.fault == "randombytes":
             trailer = self.rng.integers(0, 256, trailer.size, dtype=np.uint8)
         strays = flood(seq, self.rng) if self.fault == "flood" else []
-        self._send(strays + [(corrupt(self.fault, out, self.rng), tag(seq, KIND_MSG)),
-                             (trailer, tag(seq, KIND_TRAILER))])
+        if self.fault == "wrongsize":
+            # its parts arrive apart, as a loaded or hostile rank's may: the short message,
+            # then the trailer, which rank 0 must still take as this round's
+            self._send([(corrupt(self.fault, out, self.rng), tag(seq, KIND_MSG))])
+            time.sleep(WRONGSIZE_TRAILER_DELAY)
+            self._send([(trailer, tag(seq, KIND_TRAILER))])
+        else:
+            self._send(strays + [(corrupt(self.fault, out, self.rng), tag(seq, KIND_MSG)),
+                                 (trailer, tag(seq, KIND_TRAILER))])
         if not (g.attack.omniscient and byz.any()):
             return
         if self.rank not in crafting_ranks(self.cfg, self.groups, byz, g.attack.stateful):
