@@ -12,8 +12,9 @@ hostname is ``node<i>``. Keys are made for the cluster and live in its work dire
 hostfile and ``ssh.sh`` (ssh with those keys, host keys not recorded). Needs root (namespaces),
 iproute2 and Debian's openssh-server; :class:`ClusterUnavailable` says which is missing.
 
-Faults: :meth:`Cluster.netem` (tc netem on a host's link: delay, loss), :meth:`Cluster.link`
-(link down/up), :meth:`Cluster.kill` (SIGKILL every process of a host but its sshd).
+Faults: :meth:`Cluster.degrade` (a host's outgoing traffic rate-limited with tc tbf and TCP
+packets dropped at random with nftables), :meth:`Cluster.link` (link down/up),
+:meth:`Cluster.kill` (SIGKILL every process of a host but its sshd).
 """
 from __future__ import annotations
 
@@ -161,14 +162,25 @@ class Cluster:
             fh.writelines(f"{self.addresses[h]}:{s}\n" for h, s in zip(hosts, slots))
         return path
 
-    def netem(self, host: int, spec: str | None) -> None:
-        """tc netem on host ``host``'s link (both directions leave through it), e.g. ``delay
-        50ms loss 1%``; None removes it."""
-        ns = f"{_NS}{host + 1}"
-        _sh("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
-        if spec:
-            _sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem",
-                *spec.split())
+    def degrade(self, host: int, rate: str | None = None, loss: float | None = None) -> None:
+        """Make host ``host``'s outgoing traffic slow (``rate``, e.g. ``16mbit``: tc tbf, so a
+        message waits its size over the rate) and lossy (``loss`` percent of its TCP packets
+        dropped at random: nftables); ``degrade(host)`` restores it. (A fixed delay would be tc
+        netem, which this project's machines' kernel does not have.)"""
+        ns = ["ip", "netns", "exec", f"{_NS}{host + 1}"]
+        _sh(*ns, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+        _sh(*ns, "nft", "delete", "table", "inet", "byzloss", check=False)
+        if rate:
+            _sh(*ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate,
+                "burst", "32kb", "latency", "10s")
+        if loss:
+            if shutil.which("nft") is None:
+                raise ClusterUnavailable("needs nft for packet loss: apt-get install nftables")
+            _sh(*ns, "nft", "add", "table", "inet", "byzloss")
+            _sh(*ns, "nft", "add", "chain", "inet", "byzloss", "out",
+                "{ type filter hook output priority 0; }")
+            _sh(*ns, "nft", "add", "rule", "inet", "byzloss", "out", "meta", "l4proto", "tcp",
+                "numgen", "random", "mod", "10000", "<", str(int(round(loss * 100))), "drop")
 
     def link(self, host: int, up: bool) -> None:
         """Set host ``host``'s link down (no packet in or out) or up again."""

@@ -121,6 +121,26 @@ def test_hosts_check_accepts_the_cluster_hostfile(cluster):
     assert r.stdout.rstrip().endswith("; -n 5 fits"), r.stdout
 
 
+def test_a_slow_lossy_host_is_waited_for_and_changes_nothing(cluster, tmp_path):
+    """node3's outgoing traffic at 16 Mbit/s with 1 % of its TCP packets dropped: its 2 ranks
+    send 4 rows of d = 55210 float32 (883 KB) a round, so a round takes at least ~0.44 s (logged
+    as ``seconds``); TCP retransmits what was lost and the run ends with main.py's parameters."""
+    flags = [*FLAGS, "--rounds", "12"]
+    cluster.degrade(2, rate="16mbit", loss=1.0)
+    try:
+        p = _mpi(cluster, 5, *flags, "-o", str(tmp_path / "mpi"))
+    finally:
+        cluster.degrade(2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = _records(tmp_path / "mpi")
+    assert all("faults" not in r for r in recs)
+    seconds = sorted(r["seconds"] for r in recs)
+    assert seconds[len(seconds) // 2] > 0.5 * 4 * 55210 * 4 / 2e6, seconds
+    _main(tmp_path, *flags)
+    torch.testing.assert_close(final_params(tmp_path / "mpi"), final_params(tmp_path / "main"),
+                               atol=1e-5, rtol=0)
+
+
 def test_a_link_down_longer_than_the_round_timeout(cluster, tmp_path):
     """node3's link down for 4 s with --round-timeout 1: its workers (4..7, on ranks 3 and 4)
     are logged as timeout while it is down, the late answers are drained when it is back, the
