@@ -8,13 +8,15 @@ sockets (veth links to a bridge) instead of shared memory.
 Each host is a network namespace ``byzh<i>`` with a veth link (``byzv<i>`` on this side) to the
 bridge ``byzbr`` (10.231.0.1/24, this machine's end), the address 10.231.0.1<i>, no route
 anywhere else, and an sshd listening only on that address, started in a UTS namespace whose
-hostname is ``node<i>``. Keys are made for the cluster and live in its work directory with the
+hostname is ``node<i>``, and its own native-kernel cache (``BYZROBUST_CACHE``, set by its sshd
+for every session, so mpiexec must not be given one). Keys are made for the cluster and live in its work directory with the
 hostfile and ``ssh.sh`` (ssh with those keys, host keys not recorded). Needs root (namespaces),
 iproute2 and Debian's openssh-server; :class:`ClusterUnavailable` says which is missing.
 
 Faults: :meth:`Cluster.degrade` (a host's outgoing traffic rate-limited with tc tbf and TCP
 packets dropped at random with nftables), :meth:`Cluster.link` (link down/up),
-:meth:`Cluster.kill` (SIGKILL every process of a host but its sshd).
+:meth:`Cluster.kill` (SIGKILL every process of a host but its sshd), and
+:meth:`Cluster.firewall` (security groups: only given TCP ports let in).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ __all__ = ["Cluster", "ClusterUnavailable", "BRIDGE", "SUBNET"]
 
 BRIDGE = "byzbr"
 SUBNET = "10.231.0"
-_NS, _VETH = "byzh", "byzv"
+_NS, _VETH, _FIREWALL = "byzh", "byzv", "byzfw"
 
 
 class ClusterUnavailable(RuntimeError):
@@ -119,9 +121,15 @@ class Cluster:
             fh.write(f"ListenAddress {addr}\nPort 22\nHostKey {self.dir}/hostkey\n"
                      f"AuthorizedKeysFile {self.dir}/authorized_keys\n"
                      "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\n"
-                     f"StrictModes no\nPidFile {self.dir}/sshd{i + 1}.pid\nMaxStartups 100\n")
+                     f"StrictModes no\nPidFile {self.dir}/sshd{i + 1}.pid\nMaxStartups 100\n"
+                     # each host its own native-kernel cache, as machines without a shared home
+                     f"SetEnv BYZROBUST_CACHE={self.cache_dir(i)}\n")
         _sh("ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
             f"hostname {self.names[i]} && exec /usr/sbin/sshd -f {conf} -E {self.dir}/sshd{i + 1}.log")
+
+    def cache_dir(self, host: int) -> str:
+        """Host ``host``'s native-kernel cache (``BYZROBUST_CACHE`` in its ssh sessions)."""
+        return os.path.join(self.dir, f"cache-{self.names[host]}")
 
     def _wait_for_sshd(self, timeout: float = 20) -> None:
         deadline = time.time() + timeout
@@ -182,6 +190,25 @@ class Cluster:
             _sh(*ns, "nft", "add", "rule", "inet", "byzloss", "out", "meta", "l4proto", "tcp",
                 "numgen", "random", "mod", "10000", "<", str(int(round(loss * 100))), "drop")
 
+    def firewall(self, ports: str | None) -> None:
+        """An EC2 security group in front of every host and this machine's end of the bridge:
+        new TCP connections only to ``ports`` (an nftables set, e.g. ``22, 50000-50199``) are let
+        in, replies always; None removes it."""
+        for ns in [[]] + [["ip", "netns", "exec", f"{_NS}{i + 1}"] for i in range(self.n)]:
+            iface = BRIDGE if not ns else "eth0"
+            _sh(*ns, "nft", "delete", "table", "inet", _FIREWALL, check=False)
+            if ports is None:
+                continue
+            if shutil.which("nft") is None:
+                raise ClusterUnavailable("needs nft for a firewall: apt-get install nftables")
+            _sh(*ns, "nft", "add", "table", "inet", _FIREWALL)
+            _sh(*ns, "nft", "add", "chain", "inet", _FIREWALL, "in",
+                "{ type filter hook input priority 0; policy accept; }")
+            rule = ["nft", "add", "rule", "inet", _FIREWALL, "in", "iifname", iface]
+            _sh(*ns, *rule, "ct", "state", "established,related", "accept")
+            _sh(*ns, *rule, "tcp", "dport", "{ " + ports + " }", "accept")
+            _sh(*ns, *rule, "meta", "l4proto", "tcp", "drop")
+
     def link(self, host: int, up: bool) -> None:
         """Set host ``host``'s link down (no packet in or out) or up again."""
         _sh("ip", "link", "set", f"{_VETH}{host + 1}", "up" if up else "down")
@@ -221,6 +248,8 @@ def _remove_leftovers() -> None:
             except (ProcessLookupError, ValueError):
                 pass
         _sh("ip", "netns", "del", ns, check=False)
+    if shutil.which("nft"):
+        _sh("nft", "delete", "table", "inet", _FIREWALL, check=False)
     for line in _sh("ip", "-o", "link", "show", check=False).stdout.splitlines():
         name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
         if name == BRIDGE or name.startswith(_VETH):

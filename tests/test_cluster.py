@@ -93,6 +93,24 @@ def test_a_gradient_run_across_hosts_equals_main(cluster, tmp_path):
         (0, 1), (0, 2), (1, 2), (0, 2), (1, 2)]
 
 
+def test_each_host_builds_and_finds_its_own_kernels_and_data(cluster, tmp_path):
+    """Every host has its own kernel cache (no shared home): rank 0's host compiles the rule's
+    sorting network and the crafting worker's host ALIE's statistics kernels into their own
+    caches; Fashion-MNIST is found on every host."""
+    flags = ["-n", "8", "-f", "2", "--agg", "cm", "--pre", "none", "--attack", "alie",
+             "--dataset", "fashionmnist", "--model", "softmax", "--rounds", "2",
+             "--eval-every", "2", "--no-progress"]
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("needs the Debian package dataset-fashion-mnist")
+    p = _mpi(cluster, 5, *flags, "-o", str(tmp_path / "mpi"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    built = {h: [f for _, _, fs in os.walk(cluster.cache_dir(h)) for f in fs if f.endswith(".so")]
+             for h in range(cluster.n)}
+    assert built[0], built                      # rank 0: the server's rule
+    assert built[1] or built[2], built          # the crafting rank's host
+    assert "warning" not in p.stderr, p.stderr
+
+
 def test_a_sign_coded_run_across_hosts_equals_main(cluster, tmp_path):
     flags = ["--trial_idx", "1", "--num_nodes", "5", "--num_Byz_nodes", "1", "--batch_size",
              "120", "--deterministic", "True", "--redundancy", "3.8", "--rounds", "4",
@@ -119,6 +137,27 @@ def test_hosts_check_accepts_the_cluster_hostfile(cluster):
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.rstrip().endswith("; -n 5 fits"), r.stdout
+
+
+def test_pinned_ports_pass_security_groups(cluster, tmp_path):
+    """Every host (and the launching machine's bridge end) lets in new TCP connections only to
+    ssh and the two pinned ranges, as an EC2 security group would: hydra's control ports
+    (MPIEXEC_PORT_RANGE, on the launching node) and UCX's listening ports (UCX_TCP_PORT_RANGE,
+    every node). The run completes with main.py's parameters. (Without UCX_TCP_PORT_RANGE the
+    firewall drops the ranks' connections and the job hangs: seen by hand, not repeated here.)"""
+    flags = [*FLAGS, "--rounds", "6"]
+    cluster.firewall("22, 50000-50199")
+    try:
+        cmd = cluster.mpiexec(5, sys.executable, "MPI_main.py", *flags, "-o", str(tmp_path / "mpi"))
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           env=process_env(MPIEXEC_PORT_RANGE="50000:50099",
+                                           UCX_TCP_PORT_RANGE="50100-50199"))
+    finally:
+        cluster.firewall(None)
+    assert p.returncode == 0, p.stderr[-3000:]
+    _main(tmp_path, *flags)
+    torch.testing.assert_close(final_params(tmp_path / "mpi"), final_params(tmp_path / "main"),
+                               atol=1e-5, rtol=0)
 
 
 def test_a_slow_lossy_host_is_waited_for_and_changes_nothing(cluster, tmp_path):
