@@ -9,8 +9,9 @@ Each host is a network namespace ``byzh<i>`` with a veth link (``byzv<i>`` on th
 bridge ``byzbr`` (10.231.0.1/24, this machine's end), the address 10.231.0.1<i>, no route
 anywhere else, and an sshd listening only on that address, started in a UTS namespace whose
 hostname is ``node<i>``, and its own native-kernel cache (``BYZROBUST_CACHE``, set by its sshd
-for every session, so mpiexec must not be given one). Keys are made for the cluster and live in its work directory with the
-hostfile and ``ssh.sh`` (ssh with those keys, host keys not recorded). Needs root (namespaces),
+for every session, so mpiexec must not be given one). Keys are made for the cluster and live in
+its work directory with the hostfile and ``ssh.sh`` (ssh with those keys, host keys not
+recorded). Needs root (namespaces),
 iproute2 and Debian's openssh-server; :class:`ClusterUnavailable` says which is missing.
 
 Faults: :meth:`Cluster.degrade` (a host's outgoing traffic rate-limited with tc tbf and TCP
