@@ -181,9 +181,11 @@ def test_a_slow_lossy_host_is_waited_for_and_changes_nothing(cluster, tmp_path):
 
 
 def test_a_link_down_longer_than_the_round_timeout(cluster, tmp_path):
-    """node3's link down for 4 s with --round-timeout 1: its workers (4..7, on ranks 3 and 4)
-    are logged as timeout while it is down, the late answers are drained when it is back, the
-    run finishes."""
+    """node3's link down for 4 s with --round-timeout 1, then up: the run finishes every round.
+    While it is down, each round either logs node3's workers (4..7, on ranks 3 and 4) as
+    timeout (the outage hit rank 0 collecting the answers) or waits for the link (it hit a
+    broadcast: an MPI collective cannot be abandoned, so that round takes about the outage);
+    no other fault is ever logged and the rounds after it are clean."""
     d = tmp_path / "mpi"
     proc = _popen(cluster, 5, *FLAGS, "--rounds", "300", "--round-timeout", "1", "-o", str(d))
     try:
@@ -199,14 +201,13 @@ def test_a_link_down_longer_than_the_round_timeout(cluster, tmp_path):
     assert proc.returncode == 0, err[-3000:]
     recs = _records(d)
     assert [r["round"] for r in recs] == list(range(300))
-    down = [r for r in recs if r.get("faults")]
-    assert down, "no round saw the link down"
     node3 = {str(w) for w in (4, 5, 6, 7)}
+    down = [r for r in recs if r.get("faults")]
     # the round the link went down in may already have had one of the two ranks' answers
     assert all(set(r["faults"]) <= node3 and set(r["faults"].values()) == {"timeout"}
                for r in down), down[:3]
-    assert any(set(r["faults"]) == node3 for r in down)
-    assert len(down) <= 6                          # about 4 s of 1 s timeouts
+    waited = sum(r["seconds"] for r in recs if r["seconds"] > 0.5)
+    assert down or waited > 2.5, "the outage left no trace"
     assert "faults" not in recs[-1]
 
 

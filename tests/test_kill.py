@@ -22,18 +22,31 @@ FLAGS = ["-n", "4", "-f", "1", "--agg", "cm", "--pre", "none", "--attack", "alie
          "--eval-every", "4", "--checkpoint-every", "5"]
 
 
+def _descends_from(pid: int, root: int) -> bool:
+    for _ in range(10):
+        if pid == root:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                pid = int(fh.read().rsplit(")", 1)[1].split()[1])  # the parent's pid
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid <= 1:
+            return False
+    return False
+
+
 def _rank_pids(root_pid: int) -> dict[int, int]:
-    """{MPI rank: pid} of the ranks mpiexec ``root_pid`` started (PMI_RANK in their environment)."""
+    """{MPI rank: pid} of the ranks mpiexec ``root_pid`` started (its descendants with PMI_RANK
+    in their environment; other jobs on the machine are not touched)."""
     out = {}
     for p in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{p}/environ", "rb") as fh:
                 env = dict(kv.split(b"=", 1) for kv in fh.read().split(b"\0") if b"=" in kv)
-            with open(f"/proc/{p}/cmdline", "rb") as fh:
-                cmd = fh.read()
         except OSError:
             continue
-        if b"MPI_main.py" in cmd and b"PMI_RANK" in env and b"mpiexec" not in cmd.split(b"\0")[0]:
+        if b"PMI_RANK" in env and _descends_from(int(p), root_pid):
             out[int(env[b"PMI_RANK"])] = int(p)
     return out
 

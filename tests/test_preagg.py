@@ -209,7 +209,7 @@ def test_parse_chain():
     ("resampling:-2", "resampling parameter s must be >= 1"),
     ("nnm:3", "takes no parameter"),
     ("bucketing:2,,nnm", "empty stage"),
-    ("buckting:2", "unknown pre-aggregator 'buckting'; choose one of: bucketing, nnm, resampling"),
+    ("buckting:2", "unknown pre-aggregator 'buckting'; choose one of: arc, bucketing, clip, nnm, resampling"),
 ])
 def test_parse_chain_errors(spec, match):
     with pytest.raises(ConfigError, match=match):
@@ -242,5 +242,5 @@ def test_make_chain_preconditions():
 
 
 def test_registry():
-    assert sorted(P.PREAGGREGATORS) == ["bucketing", "nnm", "resampling"]
-    assert P.preaggregator_names() == ["bucketing", "nnm", "resampling"]
+    assert sorted(P.PREAGGREGATORS) == ["arc", "bucketing", "clip", "nnm", "resampling"]
+    assert P.preaggregator_names() == ["arc", "bucketing", "clip", "nnm", "resampling"]

@@ -95,7 +95,7 @@ BAD = [
     ("--model foo", "choose one of:"),
     ("--agg foo", "unknown rule 'foo'; choose one of:"),
     ("--attack foo", "unknown attack 'foo'; choose one of:"),
-    ("--pre foo", "unknown pre-aggregator 'foo'; choose one of: bucketing, nnm, resampling"),
+    ("--pre foo", "unknown pre-aggregator 'foo'; choose one of: arc, bucketing, clip, nnm, resampling"),
     # missing files
     ("--config /nonexistent/c.json", "cannot read --config"),
 ]

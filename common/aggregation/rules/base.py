@@ -68,6 +68,7 @@ class Rule:
         self.values: dict[str, Any] = RULES.resolve(self.name, params)
         self.info: dict[str, Any] = {}
         self.compiled = False
+        self.workers: Tensor | None = None  # the call's ``workers`` (None: row j is worker j)
         self.check(self.n)
 
     def check(self, n: int) -> None:
@@ -80,6 +81,7 @@ class Rule:
         :mod:`master.messages`); the preconditions are re-checked for the rows and f of the call.
         ``workers``: the worker of each row when the server dropped some (per-worker rules)."""
         check_matrix(x)
+        self.workers = workers
         if f is None or int(f) == self.f:
             if x.shape[0] != self.n:
                 self.check(x.shape[0])
