@@ -22,7 +22,10 @@ The pre-aggregator rows time the server's stages (``make_chain``), which write i
 buffer kept from round to round; ``nnm(fresh output)`` is the pure function ``preagg.nnm``,
 which allocates its (n, d) output on every call (fresh pages: about 10 ms per 100 MB here).
 - trmean: same definition (b = f).
-ByzFL 0.0.11 has no Bulyan, sign majority or resampling; those rows have no ByzFL column.
+- clip:2 / arc: the same definitions; meamed (odd n), monna (pivot 0) and mda (ties: the first
+  subset in lexicographic order) likewise.
+ByzFL 0.0.11 has no Bulyan, sign majority or resampling; those rows have no ByzFL column, nor do
+caf and smea (ByzFL's estimate their eigenvalues with one power step from a random vector).
 ``NAME+compile`` rows (n <= 32): the sorting network as one compiled kernel (``--compile-rules``);
 the line also gives the first call's time, which includes compiling.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import math
 import os
 import statistics
 import sys
@@ -92,7 +96,16 @@ def ours(n: int, d: int, f: int) -> dict:
         "resampling:2": stage("resampling:2", n, f, g),
         "nnm": stage("nnm", n, f, g),
         "nnm(fresh output)": lambda x: preagg.nnm(x, f),
+        "clip:2": stage("clip:2", n, f, g),
+        "arc": stage("arc", n, f, g),
+        "meamed": lambda x: rules.meamed(x, f),
+        "monna": lambda x: rules.monna(x, f, 0),
+        "caf": lambda x: rules.caf(x, f),
     }
+    if f <= rules.MAX_F:                      # mda's exact search (2^(f+1) nodes)
+        impls["mda"] = lambda x: rules.mda(x, f)
+    if math.comb(n, f) <= rules.MAX_SUBSETS:  # smea's exact search
+        impls["smea"] = lambda x: rules.smea(x, f)
     if n <= sortnet.COMPILE_MAX_N:  # the sorting network as one torch.compile kernel
         impls["cm+compile"] = lambda x: rules.coordinate_median(x, compiled=True)
         impls["trmean+compile"] = lambda x: rules.trimmed_mean(x, f, compiled=True)
@@ -120,6 +133,15 @@ def byzfl_impls(n: int, f: int) -> dict:
         "cclip": lambda x: byzfl.CenteredClipping(L=3, tau=10.0)(x),
         "bucketing:2": bucketing,
         "nnm": lambda x: byzfl.NNM(f=f)(x),
+        "clip:2": lambda x: byzfl.Clipping(c=2.0)(x.clone()),
+        "arc": lambda x: byzfl.ARC(f=f)(x.clone()),
+        "monna": lambda x: byzfl.MoNNA(f=f, idx=0)(x),
+        # meamed only for odd n (ByzFL's even-n median is the lower middle value); MDA only
+        # where ByzFL's enumeration of C(n, f) subsets stays under a minute; ByzFL's CAF and
+        # SMEA estimate eigenvalues from a random vector (no agreement to check; SMEA's
+        # enumeration with d-dimensional power steps would take hours at these sizes)
+        **({"meamed": lambda x: byzfl.Meamed(f=f)(x)} if n % 2 else {}),
+        **({"mda": lambda x: byzfl.MDA(f=f)(x)} if math.comb(n, f) <= 60_000 else {}),
     }
 
 
