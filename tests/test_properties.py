@@ -80,6 +80,12 @@ def scenario(n: int, f: int, d: int, kind: str, seed: int, scale: float,
     return x[perm].contiguous(), honest[perm]
 
 
+def trusted(name: str, honest: torch.Tensor) -> dict:
+    """The parameters naming a trusted worker, for the rules whose contract needs one (MoNNA's
+    pivot must be honest): the first honest row."""
+    return {"pivot": int(honest.nonzero()[0])} if name == "monna" else {}
+
+
 def build(name: str, n: int, f: int) -> R.Rule:
     return R.make_rule(name, n, f)
 
@@ -106,7 +112,7 @@ def pipeline(name: str, x: torch.Tensor, honest: torch.Tensor, f: int,
     n = x.shape[0]
     faults = sanitize(x, [OK] * n)
     chain = make_chain(pre, n, f)
-    rule = R.make_rule(name, chain.out_count(n), f)
+    rule = R.make_rule(name, chain.out_count(n), f, **trusted(name, honest))
     out, info = aggregate_usable(chain, rule, x, honest, f, sorted(faults),
                                  torch.Generator().manual_seed(seed))
     assert out is not None, info
