@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.mpi, pytest.mark.skipif(shutil.which("mpiexec") is Non
                                                   reason="no mpiexec")]
 
 LIMIT = 300
+EXIT_BOUND = 30.0   # seconds every process of a killed job may still run
 FLAGS = ["-n", "4", "-f", "1", "--agg", "cm", "--pre", "none", "--attack", "alie",
          "--eval-every", "4", "--checkpoint-every", "5"]
 
@@ -63,7 +64,8 @@ def test_sigkill_of_a_rank_ends_the_job_and_resume_matches(tmp_path, rank):
         proc.communicate(timeout=LIMIT)
         ended = time.time() - t0
     assert proc.returncode != 0
-    assert ended < 5, f"the job took {ended:.1f} s to end"
+    # the documented bound (hosts/README.md: measured well under a second)
+    assert ended < EXIT_BOUND, f"the job took {ended:.1f} s to end"
     assert not any(os.path.exists(f"/proc/{p}") for p in pids.values())
     stopped = int(torch.load(d / "checkpoint.pt", weights_only=True)["round"])
     assert stopped >= 10 and stopped % 5 == 0
