@@ -26,7 +26,7 @@ from common.aggregation.tensors import check_matrix
 from common.errors import ConfigError
 from common.params import Param, Registry
 
-__all__ = ["Rule", "RULES", "rule_names", "tensor_rule_names", "make_rule"]
+__all__ = ["Rule", "RULES", "rule_names", "tensor_rule_names", "make_rule", "check_majority"]
 
 #: Every ``--agg`` name. Rules of the gradient protocol live in this package; rules that need a
 #: protocol of their own (signSGD votes, DiverseFL, RSA) register from :mod:`common.protocols`.
@@ -82,14 +82,12 @@ class Rule:
         ``workers``: the worker of each row when the server dropped some (per-worker rules)."""
         check_matrix(x)
         self.workers = workers
-        if f is None or int(f) == self.f:
-            if x.shape[0] != self.n:
-                self.check(x.shape[0])
-            self.info = {}
-            return self.aggregate(x, honest)
-        configured, self.f = self.f, _count("f", f, self.name)
+        configured = self.f
+        if f is not None:
+            self.f = _count("f", f, self.name)
         try:
-            self.check(x.shape[0])
+            if x.shape[0] != self.n or self.f != configured:
+                self.check(x.shape[0])
             self.info = {}
             return self.aggregate(x, honest)
         finally:
@@ -116,6 +114,13 @@ class Rule:
     def __repr__(self) -> str:
         ps = ", ".join(f"{k}={v}" for k, v in self.values.items())
         return f"{type(self).__name__}(n={self.n}, f={self.f}{', ' if ps else ''}{ps})"
+
+
+def check_majority(name: str, n: int, f: int) -> None:
+    """ConfigError unless ``0 <= f`` and ``n > 2f`` (an honest majority of the rows ``name`` sees)."""
+    if f < 0 or n <= 2 * f:
+        raise ConfigError(f"{name} needs n > 2f, got n={n}, f={f} "
+                          "(the rule sees n vectors after pre-aggregation)")
 
 
 def _count(what: str, value: Any, rule: str) -> int:

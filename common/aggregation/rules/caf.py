@@ -14,10 +14,9 @@ import torch
 from torch import Tensor
 
 from common.aggregation import native
-from common.aggregation.rules.base import RULES, Rule
+from common.aggregation.rules.base import RULES, Rule, check_majority
 from common.aggregation.rules.median import coordinate_median
 from common.aggregation.tensors import check_matrix, weighted_sum
-from common.errors import ConfigError
 from common.finite import all_finite
 
 #: Passes of ByzFL's update before each pass must zero a weighted row (each pass is one
@@ -103,9 +102,7 @@ def caf(x: Tensor, f: int) -> Tensor:
     """
     check_matrix(x)
     n = x.shape[0]
-    if f < 0 or n <= 2 * f:
-        raise ConfigError(f"caf needs n > 2f, got n={n}, f={f} "
-                          "(the rule sees n vectors after pre-aggregation)")
+    check_majority("caf", n, f)
     a = caf_weights(centered_gram(x), int(f))
     return weighted_sum(a.to(x.dtype), x)
 
@@ -119,9 +116,7 @@ class CAF(Rule):
     name = "caf"
 
     def check(self, n):
-        if n <= 2 * self.f:
-            raise ConfigError(f"caf needs n > 2f, got n={n}, f={self.f} "
-                              "(the rule sees n vectors after pre-aggregation)")
+        check_majority(self.name, n, self.f)
 
     def aggregate(self, x, honest):
         a = caf_weights(centered_gram(x), self.f)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from common.aggregation.rules.base import RULES, Rule
+from common.aggregation.rules.base import RULES, Rule, check_majority
 from common.aggregation.tensors import check_matrix, pairwise_sq_distances, rows_mean
 from common.errors import ConfigError
 
@@ -27,9 +27,7 @@ MAX_F = 14
 
 
 def check_mda(n: int, f: int, what: str = "mda") -> None:
-    if f < 0 or n <= 2 * f:
-        raise ConfigError(f"{what} needs n > 2f, got n={n}, f={f} "
-                          "(the rule sees n vectors after pre-aggregation)")
+    check_majority(what, n, f)
     if f > MAX_F:
         raise ConfigError(f"{what} searches the C({n}, {f}) = {math.comb(n, f)} subsets of n - f "
                           f"rows exactly, in up to 2^{f + 1} - 1 steps; its limit is f <= {MAX_F}: "

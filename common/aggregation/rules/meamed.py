@@ -11,9 +11,8 @@ import torch
 from torch import Tensor
 
 from common.aggregation import sortnet
-from common.aggregation.rules.base import RULES, Rule
+from common.aggregation.rules.base import RULES, Rule, check_majority
 from common.aggregation.tensors import check_matrix
-from common.errors import ConfigError
 
 __all__ = ["meamed", "MeaMed"]
 
@@ -32,9 +31,7 @@ def meamed(x: Tensor, f: int, compiled: bool = False) -> Tensor:
     check_matrix(x)
     n = x.shape[0]
     f = int(f)
-    if f < 0 or n <= 2 * f:
-        raise ConfigError(f"meamed needs n > 2f, got n={n}, f={f} "
-                          "(the rule sees n vectors after pre-aggregation)")
+    check_majority("meamed", n, f)
     if f == 0:
         return x.mean(dim=0)
     if sortnet.use_network(x):
@@ -50,9 +47,7 @@ class MeaMed(Rule):
     name = "meamed"
 
     def check(self, n):
-        if n <= 2 * self.f:
-            raise ConfigError(f"meamed needs n > 2f, got n={n}, f={self.f} "
-                              "(the rule sees n vectors after pre-aggregation)")
+        check_majority(self.name, n, self.f)
 
     def aggregate(self, x, honest):
         return meamed(x, self.f, self.compiled)

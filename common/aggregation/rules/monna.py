@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from common.aggregation.rules.base import RULES, Rule
+from common.aggregation.rules.base import RULES, Rule, check_majority
 from common.aggregation.tensors import check_matrix, distances_to, rows_mean
 from common.errors import ConfigError
 from common.params import Param
@@ -19,8 +19,7 @@ def monna_neighbours(x: Tensor, f: int, pivot: int) -> Tensor:
     """Indices of the n - f rows nearest row ``pivot`` (itself first; ties: lower index)."""
     check_matrix(x)
     n = x.shape[0]
-    if not 0 <= f or n <= 2 * f:
-        raise ConfigError(f"monna needs n > 2f, got n={n}, f={f}")
+    check_majority("monna", n, f)
     if not 0 <= pivot < n:
         raise ConfigError(f"monna needs 0 <= pivot < n, got pivot={pivot}, n={n}")
     d = distances_to(x, x[pivot]).double()
@@ -49,8 +48,7 @@ class MoNNA(Rule):
                     "(ByzFL's idx)", low=0),)
 
     def check(self, n):
-        if n <= 2 * self.f:
-            raise ConfigError(f"monna needs n > 2f, got n={n}, f={self.f}")
+        check_majority(self.name, n, self.f)
         if self.values["pivot"] >= n:
             raise ConfigError(f"monna needs --monna-pivot < n, got {self.values['pivot']}, "
                               f"n={n}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from common.aggregation.rules.base import RULES, Rule
+from common.aggregation.rules.base import RULES, Rule, check_majority
 from common.aggregation.rules.caf import centered_gram
 from common.aggregation.tensors import check_matrix, rows_mean
 from common.errors import ConfigError
@@ -28,9 +28,7 @@ _BATCH = 8192
 
 
 def check_smea(n: int, f: int, what: str = "smea") -> None:
-    if f < 0 or n <= 2 * f:
-        raise ConfigError(f"{what} needs n > 2f, got n={n}, f={f} "
-                          "(the rule sees n vectors after pre-aggregation)")
+    check_majority(what, n, f)
     if math.comb(n, f) > MAX_SUBSETS:
         raise ConfigError(f"{what} searches all C({n}, {n - f}) = {math.comb(n, f)} subsets of "
                           f"n - f rows, more than its limit of {MAX_SUBSETS}; use fewer rows "
