@@ -33,7 +33,8 @@ def compile_rules(cfg: Config, dim: int) -> bool:
 
 def aggregate_usable(chain: Chain, rule, messages: Tensor, honest: Tensor, f: int,
                      dropped: Sequence[int] = (), generator: torch.Generator | None = None,
-                     usable_rows: Callable = GRADIENT.usable_rows) -> tuple[Tensor | None, dict]:
+                     usable_rows: Callable = GRADIENT.usable_rows,
+                     rule_generator: torch.Generator | None = None) -> tuple[Tensor | None, dict]:
     """The chain and the rule on the round's usable messages: (update, diagnostics).
 
     ``dropped``: the workers whose message is unusable this round (:mod:`master.messages`).
@@ -41,7 +42,9 @@ def aggregate_usable(chain: Chain, rule, messages: Tensor, honest: Tensor, f: in
     them out), which run on the others with f lowered by as many: a worker whose message is
     unusable is certainly faulty, and f bounds the faulty workers, crashed or Byzantine. When
     nothing is left, or the chain's or the rule's precondition fails on what is left, the update
-    is None and ``info["skipped"]`` says why: the model does not move this round."""
+    is None and ``info["skipped"]`` says why: the model does not move this round.
+    ``generator`` draws the chain's randomness, ``rule_generator`` the rule's (randomized rules:
+    its own stream, so the rule's draws do not depend on what the chain drew)."""
     workers = None
     if dropped:
         gone = set(dropped)
@@ -53,7 +56,8 @@ def aggregate_usable(chain: Chain, rule, messages: Tensor, honest: Tensor, f: in
         f, workers = max(0, f - len(gone)), keep
     try:
         x = chain(messages, generator, f)
-        out = rule(x, honest=honest.to(x.device), f=f, workers=workers)
+        out = rule(x, honest=honest.to(x.device), f=f, workers=workers,
+                   generator=rule_generator)
     except ConfigError as e:
         if not dropped:  # the start-up check passed on all n rows: a defect, not a fault
             raise
@@ -92,7 +96,8 @@ class Server:
         """The robust update of round t and the rule's diagnostics (:func:`aggregate_usable`)."""
         return aggregate_usable(self.chain, self.rule, messages, honest, self.cfg.f, dropped,
                                 round_generator(self.cfg.run_seed, t, "server"),
-                                self.protocol.usable_rows)
+                                self.protocol.usable_rows,
+                                round_generator(self.cfg.run_seed, t, "rule"))
 
     def step(self, update: Tensor, t: int) -> float:
         lr = learning_rate(self.cfg, t)

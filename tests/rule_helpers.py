@@ -35,3 +35,9 @@ def network_path(on: bool):
 def randn(n, d, seed, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, generator=g, dtype=dtype)
+
+
+def noise_free(name: str) -> dict:
+    """The parameters that switch off a rule's deliberate noise (FLAME's), for tests that
+    expect an exact value; the noise itself is tested in test_rules_extra.py."""
+    return {"lam": 0.0} if name == "flame" else {}

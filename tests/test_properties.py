@@ -33,6 +33,7 @@ from common.aggregation.preagg import make_chain
 from common.errors import ConfigError
 from master.messages import OK, sanitize
 from master.server import aggregate_usable
+from tests.rule_helpers import noise_free
 
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -87,7 +88,7 @@ def trusted(name: str, honest: torch.Tensor) -> dict:
 
 
 def build(name: str, n: int, f: int) -> R.Rule:
-    return R.make_rule(name, n, f)
+    return R.make_rule(name, n, f, **noise_free(name))
 
 
 @st.composite

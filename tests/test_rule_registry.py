@@ -10,7 +10,7 @@ import torch
 from common.aggregation import rules as R
 from common.aggregation.tensors import pairwise_sq_distances
 from common.errors import ConfigError
-from tests.rule_helpers import T, randn
+from tests.rule_helpers import T, noise_free, randn
 
 # ------------------------------------------------------------------------------------------
 # registry, preconditions, errors
@@ -19,10 +19,11 @@ from tests.rule_helpers import T, randn
 def test_registry_names():
     names = R.rule_names()
     for name in ("mean", "oracle", "krum", "multikrum", "cm", "trmean", "rfa", "gm", "cclip",
-                 "bulyan", "signmv", "nmedian"):
+                 "bulyan", "signmv", "nmedian", "dnc", "signguard", "clippedclustering",
+                 "flame"):
         assert name in names and R.RULES[name].name == name
     assert issubclass(R.RULES["gm"], R.RULES["rfa"])
-    assert [n for n in names if R.RULES[n].stateful] == ["cclip"]
+    assert [n for n in names if R.RULES[n].stateful] == ["cclip", "clippedclustering", "fltrust"]
 
 
 @pytest.mark.parametrize("name,n,f,params,bound", [
@@ -134,7 +135,7 @@ def test_small_shapes(name, shape):
             R.make_rule(name, n, 0)
         return
     x = randn(n, d, n * 10 + d)
-    out = R.make_rule(name, n, 0)(x, honest=torch.ones(n, dtype=torch.bool))
+    out = R.make_rule(name, n, 0, **noise_free(name))(x, honest=torch.ones(n, dtype=torch.bool))
     assert out.shape == (d,) and bool(torch.isfinite(out).all())
     if n == 1 and name != "signmv" and name != "cclip":
         assert torch.allclose(out, x[0])
@@ -144,7 +145,7 @@ def test_small_shapes(name, shape):
 def test_identical_rows(name):
     row = T([1.5, -2.0, 0.0, 3.0])
     x = row.repeat(7, 1)
-    out = R.make_rule(name, 7, 1, **({"tau": 100.0} if name == "cclip" else {}))(
+    out = R.make_rule(name, 7, 1, **({"tau": 100.0} if name == "cclip" else noise_free(name)))(
         x, honest=torch.ones(7, dtype=torch.bool))
     expected = torch.sign(row) if name == "signmv" else row
     assert torch.allclose(out, expected, atol=1e-6), name

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,7 +20,8 @@ from common.aggregation import native
 from common.finite import all_finite
 
 __all__ = ["check_matrix", "weighted_sum", "rows_mean", "safe_norm", "distances_to",
-           "finish_distances", "step_and_distances", "pairwise_sq_distances"]
+           "finish_distances", "step_and_distances", "pairwise_sq_distances",
+           "cosine_similarities", "median_of"]
 
 
 def check_matrix(x: Tensor, what: str = "a rule") -> None:
@@ -137,6 +139,28 @@ def pairwise_sq_distances(x: Tensor) -> Tensor:
     _refine_close_pairs(x, d, norms, 64.0 * eps)
     d.fill_diagonal_(0.0)
     return d
+
+
+def cosine_similarities(x: Tensor) -> Tensor:
+    """Cosine similarities ``C_ij = x_i . x_j / (||x_i|| ||x_j||)`` of all rows, an (n, n)
+    float64 tensor with entries in [-1, 1]; a zero row has similarity 0 with every row (itself
+    included). One Gram matrix (:func:`common.aggregation.native.gram`); where it overflows
+    (huge finite rows), the Gram matrix of the rows scaled to unit norm in float64 instead."""
+    check_matrix(x)
+    g = native.gram(x)
+    if not bool(torch.isfinite(g).all()):
+        unit = torch.stack([r.double() / max(float(safe_norm(r.double())), 1e-300) for r in x])
+        g = unit @ unit.T
+    norms = g.diagonal().clamp(min=0.0).sqrt()
+    scale = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
+    c = (g * scale[:, None] * scale[None, :]).clamp_(-1.0, 1.0)
+    return 0.5 * (c + c.T)
+
+
+def median_of(v: Tensor) -> float:
+    """The median of a 1-D tensor as a float (the mean of the two middle values for even
+    length: ``numpy.median``, which has no size cap, unlike ``torch.quantile``)."""
+    return float(np.median(v.detach().double().cpu().numpy()))
 
 
 def _refine_close_pairs(x: Tensor, d: Tensor, norms: Tensor, rel: float) -> None:

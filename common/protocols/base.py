@@ -89,6 +89,10 @@ class Protocol:
         """Raise ConfigError if ``cfg`` (with the pre-aggregator ``chain`` built for it) cannot
         run under this protocol."""
 
+    def reserved_samples(self, cfg, n_train: int) -> Tensor | None:
+        """Training-set indices no worker may hold (the server's own data), or None."""
+        return None
+
     # -- worker side -----------------------------------------------------------------------------
     def clients(self, group) -> Clients:
         """The worker side of the protocol for a worker group."""

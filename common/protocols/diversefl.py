@@ -207,7 +207,7 @@ class DiverseFLFilter:
         self.guides = GuidingGradients(self.problem, samples, self.path, self.device)
 
     def __call__(self, x: Tensor, honest: Tensor | None = None, f: int | None = None,
-                 workers: Tensor | None = None) -> Tensor:
+                 workers: Tensor | None = None, generator=None) -> Tensor:
         """The filtered mean; ``workers``: the client of each row (None: row j is client j)."""
         if self.guides is None:
             raise RuntimeError("DiverseFL has no client samples; call set_samples() before round 0")

@@ -101,7 +101,7 @@ class RSAMaster:
         self.info: dict = {}
 
     def __call__(self, x: Tensor, honest: Tensor | None = None, f: int | None = None,
-                 workers: Tensor | None = None) -> Tensor:
+                 workers: Tensor | None = None, generator=None) -> Tensor:
         self.info = {"mean_l1": float((self.params.to(x.device).unsqueeze(0) - x).abs().mean())}
         return rsa_master_direction(self.params, x, self.delta)
 

@@ -130,7 +130,7 @@ class MajorityVote:
         self.info: dict = {}
 
     def __call__(self, x: Tensor, honest: Tensor | None = None, f: int | None = None,
-                 workers: Tensor | None = None) -> Tensor:
+                 workers: Tensor | None = None, generator=None) -> Tensor:
         total, info = self.wire.tally(x)
         info["margin"] = float(total.abs().mean()) / self.n
         self.info = info

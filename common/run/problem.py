@@ -17,6 +17,7 @@ from common.data.flat import FlatParams
 from common.data.models import make_model
 from common.data.partition import longtail_indices, parse_scheme, partition
 from common.errors import ConfigError, require
+from common.protocols import protocol_of
 from common.run.config import Config
 
 
@@ -41,8 +42,20 @@ def worker_shards(cfg: Config, labels: Tensor, num_classes: int) -> list[Tensor]
     With a fixed Byzantine set (the last f workers) only the n - f honest workers split the
     data; the Byzantine workers draw from the whole training set (ALGORITHMS.md), or from
     the attack's own layout (:meth:`common.attacks.Attack.data_layout`, e.g. ``mimic2``). With
-    a schedule that changes who is Byzantine, all n split it.
+    a schedule that changes who is Byzantine, all n split it. Samples the run's protocol
+    reserves for the server (:meth:`common.protocols.Protocol.reserved_samples`, FLTrust's root
+    set) are left out of every worker's shard.
     """
+    reserved = protocol_of(cfg).reserved_samples(cfg, len(labels))
+    if reserved is None:
+        return _split(cfg, labels, num_classes)
+    pool = torch.ones(len(labels), dtype=torch.bool)
+    pool[reserved] = False
+    pool = torch.nonzero(pool).flatten()
+    return [pool[s] for s in _split(cfg, labels[pool], num_classes)]
+
+
+def _split(cfg: Config, labels: Tensor, num_classes: int) -> list[Tensor]:
     n, f = cfg.num_workers, cfg.num_byzantine
     g = torch.Generator().manual_seed(cfg.run_seed)
     everything = torch.arange(len(labels))

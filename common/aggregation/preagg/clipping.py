@@ -19,7 +19,8 @@ from common.aggregation.tensors import check_matrix, distances_to
 from common.errors import ConfigError
 from common.params import Param
 
-__all__ = ["row_norms", "clip_rows", "clip", "arc_count", "arc_limits", "arc", "Clip", "ARC"]
+__all__ = ["row_norms", "clip_rows", "clipped_mean_weights", "clip", "arc_count", "arc_limits", "arc",
+           "Clip", "ARC"]
 
 
 def row_norms(x: Tensor) -> Tensor:
@@ -32,6 +33,16 @@ def clip_rows(x: Tensor, limits: Tensor, norms: Tensor, out: Tensor | None = Non
     scale = torch.where(norms > limits, limits / norms, torch.ones_like(norms))
     scale = torch.nan_to_num(scale, nan=0.0)  # an infinite norm: the row goes to zero
     return torch.mul(x, scale.to(x.dtype)[:, None], out=out)
+
+
+def clipped_mean_weights(kept: Tensor, norms: Tensor, bound: float) -> Tensor:
+    """Weights w with ``sum_i w_i x_i`` the mean over ``kept`` of the rows clipped to norm
+    ``bound``: ``w_i = min(1, bound / ||x_i||) / |kept|`` on kept rows, 0 elsewhere."""
+    w = torch.zeros_like(norms)
+    if kept.numel():
+        nk = norms[kept]
+        w[kept] = torch.where(nk > bound, bound / nk, torch.ones_like(nk)) / kept.numel()
+    return w
 
 
 def clip(x: Tensor, c: float) -> Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from common.aggregation.tensors import check_matrix
@@ -69,19 +70,24 @@ class Rule:
         self.info: dict[str, Any] = {}
         self.compiled = False
         self.workers: Tensor | None = None  # the call's ``workers`` (None: row j is worker j)
+        self.generator: torch.Generator | None = None  # the call's ``generator``
         self.check(self.n)
 
     def check(self, n: int) -> None:
         """Raise ConfigError if the rule cannot run on n rows (with this f and these values)."""
 
     def __call__(self, x: Tensor, honest: Tensor | None = None, f: int | None = None,
-                 workers: Tensor | None = None) -> Tensor:
+                 workers: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
         """The rule on the rows x. ``f``: the Byzantine rows assumed for this call when it is not
         the configured one (the server lowers it by the messages it dropped as unusable, see
         :mod:`master.messages`); the preconditions are re-checked for the rows and f of the call.
-        ``workers``: the worker of each row when the server dropped some (per-worker rules)."""
+        ``workers``: the worker of each row when the server dropped some (per-worker rules).
+        ``generator``: the randomness of randomized rules (a CPU generator; None: one seeded 0,
+        so a call without it is reproducible)."""
         check_matrix(x)
         self.workers = workers
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         configured = self.f
         if f is not None:
             self.f = _count("f", f, self.name)
