@@ -2,6 +2,7 @@
 
     python bench/rules.py                         # (10, 2e6), (25, 1e6), (100, 1e5)
     python bench/rules.py --sizes 25x1000000 --reps 7 --threads 1
+    python bench/rules.py --only dnc,flame        # some rows only (and mean, the baseline)
     pip install -r bench/requirements.txt         # optional: the ByzFL column (pip install byzfl)
 
 For each size it prints the median wall time of ours, the ratio to ``mean`` (one memory pass over
@@ -25,7 +26,9 @@ which allocates its (n, d) output on every call (fresh pages: about 10 ms per 10
 - clip:2 / arc: the same definitions; meamed (odd n), monna (pivot 0) and mda (ties: the first
   subset in lexicographic order) likewise.
 ByzFL 0.0.11 has no Bulyan, sign majority or resampling; those rows have no ByzFL column, nor do
-caf and smea (ByzFL's estimate their eigenvalues with one power step from a random vector).
+caf and smea (ByzFL's estimate their eigenvalues with one power step from a random vector), nor
+dnc, signguard, clippedclustering, flame and fltrust (not in ByzFL 0.0.11); fltrust is timed with
+g0 given (row 0): the server's root-set gradient is one backward pass, timed by bench/rounds.py.
 ``NAME+compile`` rows (n <= 32): the sorting network as one compiled kernel (``--compile-rules``);
 the line also gives the first call's time, which includes compiling.
 """
@@ -47,6 +50,11 @@ import common.run.startup  # noqa: E402,F401  (before torch)
 import torch  # noqa: E402
 
 from common.aggregation import native, preagg, rules, sortnet
+from common.aggregation.rules.clippedclustering import clipped_clustering
+from common.aggregation.rules.dnc import dnc
+from common.aggregation.rules.flame import flame
+from common.aggregation.rules.signguard import signguard
+from common.protocols.fltrust import fltrust
 
 DEFAULT_SIZES = ((10, 2_000_000), (25, 1_000_000), (100, 100_000))
 
@@ -101,6 +109,11 @@ def ours(n: int, d: int, f: int) -> dict:
         "meamed": lambda x: rules.meamed(x, f),
         "monna": lambda x: rules.monna(x, f, 0),
         "caf": lambda x: rules.caf(x, f),
+        "dnc": lambda x: dnc(x, f, generator=g()),
+        "signguard": lambda x: signguard(x, generator=g()),
+        "clippedclustering": lambda x: clipped_clustering(x, tau=1e5),
+        "flame": lambda x: flame(x, generator=g()),
+        "fltrust(g0 given)": lambda x: fltrust(x, x[0]),
     }
     if f <= rules.MAX_F:                      # mda's exact search (2^(f+1) nodes)
         impls["mda"] = lambda x: rules.mda(x, f)
@@ -167,7 +180,7 @@ def agree(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> str:
     return "yes" if err <= 1e-5 * float(x.abs().max()) else f"NO (max err {err:.2e})"
 
 
-def run(sizes, reps: int, byz_reps: int, skip_byzfl: bool) -> None:
+def run(sizes, reps: int, byz_reps: int, skip_byzfl: bool, only: list[str] = ()) -> None:
     try:
         import byzfl  # noqa: PLC0415 - optional, bench-only dependency
         have_byzfl = not skip_byzfl
@@ -187,6 +200,8 @@ def run(sizes, reps: int, byz_reps: int, skip_byzfl: bool) -> None:
         f = f_for(n)
         x = make_stack(n, d, f)
         impls = ours(n, d, f)
+        if only:
+            impls = {k: v for k, v in impls.items() if k == "mean" or k.split("(")[0] in only}
         theirs = byzfl_impls(n, f) if have_byzfl else {}
         mb = x.numel() * 4 / 2**20
         print(f"\n(n, d) = ({n}, {d}), f = {f}, stack {mb:.0f} MiB, median of {reps} "
@@ -219,11 +234,12 @@ def main(argv=None) -> None:
     p.add_argument("--byzfl-reps", type=int, default=3, help="timed repetitions of ByzFL")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-byzfl", action="store_true", help="skip the ByzFL column")
+    p.add_argument("--only", default="", help="comma-separated rows to time (mean always is)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     sizes = [tuple(int(float(v)) for v in s.lower().split("x")) for s in a.sizes.split(",")]
-    run(sizes, a.reps, a.byzfl_reps, a.no_byzfl)
+    run(sizes, a.reps, a.byzfl_reps, a.no_byzfl, [r for r in a.only.split(",") if r])
 
 
 if __name__ == "__main__":

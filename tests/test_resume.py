@@ -46,6 +46,14 @@ CASES = {
     "signmv": ["-n", "5", "--agg", "signmv", "--pre", "none", "--attack", "reverse",
                "--redundancy", "2", "--deterministic", "False", "--batch_size", "40",
                "--server-momentum", "0.9"],
+    # Clipped Clustering's norm history (rule state)
+    "clippedclustering": ["--agg", "clippedclustering", "--pre", "none", "--attack", "ipm"],
+    # FLTrust: the server's g0 momentum buffer; the root set is redrawn the same on resume
+    "fltrust": ["--agg", "fltrust", "--pre", "none", "--attack", "alie", "--momentum", "0.9",
+                "--root-size", "50"],
+    # FLAME's noise and DnC's coordinates come from the per-round rule generator
+    "flame": ["--agg", "flame", "--flame-lam", "0.01", "--pre", "none", "--attack", "alie"],
+    "dnc": ["--agg", "dnc", "--dnc-sub-dim", "100", "--pre", "none", "--attack", "alie"],
 }
 
 

@@ -80,7 +80,8 @@ class ClippedClustering(Rule):
         return weighted_sum(clipped_mean_weights(kept, norms, tau).to(x.device), x)
 
     def state_dict(self):
-        return {"history": self.history.clone()}
+        # a list, not a tensor: the history grows, and --resume checks every tensor's shape
+        return {"history": self.history.tolist()}
 
     def load_state_dict(self, d):
-        self.history = d["history"].double().cpu().clone()
+        self.history = torch.as_tensor(d["history"], dtype=torch.float64)
