@@ -4,8 +4,9 @@ Optimizing Model Poisoning Attacks and Defenses for Federated Learning", NDSS 20
 Each of ``iters`` repetitions looks at a random subset of ``sub_dim`` coordinates: the rows'
 projections on the top singular direction of the centred sub-matrix are outlier scores, and the
 ``floor(c f)`` highest-scoring rows are dropped. A row must survive every repetition to be
-averaged. The sub-matrices are small ((n, sub_dim), float64), so one pass over the full stack
-(the final mean) dominates at d in the millions.
+averaged. The sub-matrices are small ((n, sub_dim), float64) and the top direction comes from
+their (n, n) Gram matrix, so one pass over the full stack (the final mean) dominates at d in the
+millions.
 """
 from __future__ import annotations
 
@@ -55,11 +56,14 @@ def dnc_kept(x: Tensor, f: int, iters: int = 5, sub_dim: int = 10_000, c: float 
     if drop == 0:
         return torch.arange(n)
     for _ in range(iters):
-        r = _coordinates(d, sub_dim, g).to(x.device)
+        # sorted: the gather then walks each row forward (the set is what matters)
+        r = _coordinates(d, sub_dim, g).sort().values.to(x.device)
         sub = x.index_select(1, r).double()
         centred = sub - sub.mean(0)
-        v = torch.linalg.svd(centred, full_matrices=False).Vh[0]
-        scores = (centred @ v).square().cpu()
+        # with centred = U S V^T, the projections on v_1 are s_1 u_1: the scores are
+        # lambda_1 u_1^2 of the (n, n) Gram matrix, far cheaper than the (n, sub_dim) SVD
+        lam, u = torch.linalg.eigh(centred @ centred.T)
+        scores = (lam[-1].clamp(min=0) * u[:, -1].square()).cpu()
         keep = torch.sort(scores, stable=True).indices[: n - drop]
         votes[keep] += 1
     best = iters if bool((votes == iters).any()) else int(votes.max())
