@@ -1,10 +1,10 @@
 """The rules and pre-aggregators beyond the seed papers (meamed, monna, mda, caf, smea; clip,
 arc): values by hand, agreement with ByzFL 0.0.11 where it has the rule (skipped without it),
-their limits, and each one end to end in main.py (and mda under mpiexec)."""
+their limits, and each one end to end in main.py (under mpiexec:
+tests/test_rules_mpi.py)."""
 from __future__ import annotations
 
 import importlib
-import shutil
 
 import pytest
 import torch
@@ -183,17 +183,3 @@ def test_each_runs_end_to_end(agg, pre, tmp_path):
                              "signflip", "--partition", "iid", "--momentum", "0", "--rounds", "40",
                              "--eval-every", "40", "--no-progress", "-o", str(tmp_path / "r")])
     assert summary["final_test_accuracy"] > 70, summary
-
-
-@pytest.mark.mpi
-@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec")
-def test_mda_under_mpi_equals_main(tmp_path):
-    from tests.processes import final_params, run_mpi
-
-    flags = ["-n", "9", "-f", "2", "--agg", "mda", "--pre", "arc", "--attack", "alie",
-             "--rounds", "8", "--no-progress"]
-    p = run_mpi(3, *flags, "-o", str(tmp_path / "mpi"))
-    assert p.returncode == 0, p.stderr[-3000:]
-    main_mod.main([*flags, "-o", str(tmp_path / "main")])
-    torch.testing.assert_close(final_params(tmp_path / "mpi"), final_params(tmp_path / "main"),
-                               atol=1e-5, rtol=0)

@@ -1,10 +1,9 @@
 """The filtering and clustering rules (dnc, signguard, clippedclustering, flame) and the FLTrust
 protocol: values by hand, invariants (hypothesis), FLTrust's root set, and each one end to end in
-main.py and under mpiexec."""
+main.py (under mpiexec: tests/test_rules_mpi.py)."""
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 import torch
@@ -198,17 +197,3 @@ def test_each_trains_under_alie(agg, tmp_path):
     summary = main_mod.main([*FLAGS, "--agg", agg, "--rounds", "60", "--eval-every", "60",
                              "-o", str(tmp_path / "r")])
     assert summary["final_test_accuracy"] > 80, summary
-
-
-@pytest.mark.mpi
-@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec")
-@pytest.mark.parametrize("agg", ["dnc", "flame", "clippedclustering", "fltrust"])
-def test_under_mpi_equals_main(agg, tmp_path):
-    from tests.processes import final_params, run_mpi
-
-    flags = [*FLAGS, "--agg", agg, "--rounds", "6"]
-    p = run_mpi(3, *flags, "-o", str(tmp_path / "mpi"))
-    assert p.returncode == 0, p.stderr[-3000:]
-    main_mod.main([*flags, "-o", str(tmp_path / "main")])
-    torch.testing.assert_close(final_params(tmp_path / "mpi"), final_params(tmp_path / "main"),
-                               atol=1e-5, rtol=0)
