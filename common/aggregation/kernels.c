@@ -609,15 +609,27 @@ int sortnet_f32(const float *x, long n, long ld, long k0, long k1, const int *co
                 long theta = npos, h = theta / 2;
                 vf med = theta % 2 ? buf[pos[h] * bv + v]
                                    : 0.5f * buf[pos[h - 1] * bv + v] + 0.5f * buf[pos[h] * bv + v];
-                vf best_cost = {0}, best_sum = {0};
+                vf best_cost = {0}, best_sum = {0}, core = {0};
+                long c_lo = theta - beta, c_hi = beta; /* rows in every window (sortnet.py) */
+                if (c_lo < c_hi) {
+                    core = buf[pos[c_lo] * bv + v];
+                    for (long q = c_lo + 1; q < c_hi; ++q) core += buf[pos[q] * bv + v];
+                }
                 for (long j = 0; j + beta <= theta; ++j) {
                     vf lo = med - buf[pos[j] * bv + v], hi = buf[pos[j + beta - 1] * bv + v] - med;
                     vi m = lo > hi; /* torch.maximum: NaN in either gives NaN */
                     vf cost = select_v(m, lo, hi);
                     vi bad = (lo != lo) | (hi != hi);
                     cost = select_v(bad, lo + hi, cost);
-                    vf total = buf[pos[j] * bv + v];
-                    for (long q = 1; q < beta; ++q) total += buf[pos[j + q] * bv + v];
+                    vf total;
+                    if (c_lo < c_hi) {
+                        total = core;
+                        for (long q = j; q < c_lo; ++q) total += buf[pos[q] * bv + v];
+                        for (long q = c_hi; q < j + beta; ++q) total += buf[pos[q] * bv + v];
+                    } else {
+                        total = buf[pos[j] * bv + v];
+                        for (long q = 1; q < beta; ++q) total += buf[pos[j + q] * bv + v];
+                    }
                     if (j == 0) {
                         best_cost = cost;
                         best_sum = total;

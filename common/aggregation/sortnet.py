@@ -121,18 +121,25 @@ def closest_window_mean(r: list[Tensor], beta: int) -> Tensor:
 
     Those values form a contiguous window of the sorted values; the window j (rows j ..
     j+beta-1) of least max-distance ``max(med - r_j, r_{j+beta-1} - med)`` is taken (ties:
-    lowest j). Each window sum is computed directly (no running differences, which would lose
-    precision next to huge values); every operation is elementwise on single rows.
+    lowest j). The rows every window holds (``theta - beta .. beta - 1``) are summed once, and
+    each window's sum is that core plus its own end rows, added directly (no running
+    differences, which would lose precision next to huge values; the native kernel adds in the
+    same order); every operation is elementwise on single rows.
     """
     theta = len(r)
     if theta % 2:
         med = r[theta // 2]
     else:
         med = 0.5 * r[theta // 2 - 1] + 0.5 * r[theta // 2]
+    c_lo, c_hi = theta - beta, beta  # the core: rows in every window (empty if c_lo >= c_hi)
+    core = sum_rows(r[c_lo:c_hi]) if c_lo < c_hi else None
     best_cost = best_sum = None
     for j in range(theta - beta + 1):
         cost = torch.maximum(med - r[j], r[j + beta - 1] - med)
-        total = sum_rows(r[j:j + beta])
+        if core is None:
+            total = sum_rows(r[j:j + beta])
+        else:
+            total = sum_rows([core, *r[j:c_lo], *r[c_hi:j + beta]])
         if best_cost is None:
             best_cost, best_sum = cost, total
         else:
