@@ -1,4 +1,4 @@
-"""The native CPU kernels (common/kernels.c via common/native.py) against torch in float64, and
+"""The native CPU kernels (common/aggregation/kernels/ via native.py) against torch in float64, and
 the torch fallbacks they replace: ragged shapes, strided rows, several threads, NaN/inf, every
 vector-width build, and a machine without a compiler."""
 from __future__ import annotations
@@ -224,6 +224,42 @@ def test_network_declines_what_it_cannot_hold():
     assert native.network_reduce(x[:5].double(), comps, (2,), ("pick",)) is None  # float64
 
 
+@pytest.mark.parametrize("n,d", SHAPES)
+def test_clip_rows_match_float64(n, d, threads, monkeypatch):
+    """Rows clipped to their limits (some bind, some not) with the norms, written into a view
+    whose rows start unaligned, several threads."""
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1)
+    x = _strided(n, d)
+    ref_norms = x.double().norm(dim=1)
+    limits = (ref_norms * torch.linspace(0.5, 1.5, n, dtype=torch.float64)).float()
+    out = torch.full((n, d + 5), 7.0)[:, 1:d + 1]
+    norms = native.clip_rows_to(x, limits, out)
+    torch.testing.assert_close(norms.double(), ref_norms, rtol=1e-6, atol=0)
+    scale = torch.clamp(limits.double() / ref_norms, max=1.0)
+    torch.testing.assert_close(out.double(), x.double() * scale[:, None], rtol=2e-6, atol=1e-7)
+    s = torch.linspace(0, 2, n)
+    assert native.scale_rows(x, s, out)
+    assert torch.equal(out, x * s[:, None])
+
+
+def test_clip_rows_special_rows_and_fallback_agree(monkeypatch):
+    """A zero row, a NaN row, an infinite entry (both: zero rows) and a row whose squared norm
+    overflows float32 (the kernel leaves it to the safe path) give what the torch path gives."""
+    from common.aggregation.preagg.clipping import arc, clip
+    x = torch.randn(6, 5000, generator=torch.Generator().manual_seed(1))
+    x[1] = 0.0
+    x[2, 7] = float("nan")
+    x[3, 9] = float("inf")
+    x[4] *= 1e25  # finite, squares overflow float32
+    got = clip(x, 2.0), arc(x, 2)
+    monkeypatch.setitem(native._state, "lib", None)
+    want = clip(x, 2.0), arc(x, 2)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+    assert torch.equal(got[0][1], x[1]) and not got[0][2:4].any()
+    torch.testing.assert_close(got[0][4].norm(), torch.tensor(2.0), rtol=1e-6, atol=0)
+
+
 def test_rules_on_the_kernels_equal_rules_on_torch(monkeypatch):
     """Krum's choice, NNM, CClip (clipping and not), RFA, ALIE, the median: same results with
     and without the kernels."""
@@ -289,6 +325,12 @@ for n, d in [(1, 3), (5, 37), (11, 3001), (26, 5000)]:
         pos = ((n - 1) // 2,)  # torch.median: the lower middle value
         out = native.network_reduce(x, sortnet.pruned_network(n, pos), pos, ("pick",))
         assert torch.equal(out, x.median(0).values)
+    lim = torch.full((n,), 0.5 * d ** 0.5)
+    out = torch.empty(n, d + 1)[:, 1:]  # unaligned rows
+    norms = native.clip_rows_to(x, lim, out)
+    torch.testing.assert_close(norms.double(), x64.norm(dim=1), rtol=1e-6, atol=0)
+    scale = torch.clamp(lim.double() / x64.norm(dim=1), max=1.0)
+    torch.testing.assert_close(out.double(), x64 * scale[:, None], rtol=2e-6, atol=1e-7)
 print("ok")
 """
     env = {"BYZROBUST_CFLAGS": flags, "BYZROBUST_CACHE": str(tmp_path)}

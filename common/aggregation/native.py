@@ -7,9 +7,10 @@ fallbacks.
 - :func:`weighted_sum_and_sq_distances`: one CClip/Weiszfeld step and the next distances;
 - :func:`mean_var`: column means and variances or standard deviations (ALIE);
 - :func:`group_means`: means of groups of rows (bucketing, resampling, NNM's averages);
-- :func:`network_reduce`: a sorting network per column (median, trimmed mean, Bulyan).
+- :func:`network_reduce`: a sorting network per column (median, trimmed mean, Bulyan);
+- :func:`clip_rows_to`, :func:`scale_rows`: rows clipped or scaled (clip, ARC).
 
-They run the C kernels of ``common/kernels.c`` for float32 CPU tensors whose rows are
+They run the C kernels of ``common/aggregation/kernels/`` for float32 CPU tensors whose rows are
 contiguous, and torch everywhere else (CUDA, other dtypes, machines without a C compiler).
 torch's generic kernels run these shapes (n << d) far below what the CPU can do; measured at
 (25, 1e6) on one thread of the project machine (``python bench/rules.py``), before -> after:
@@ -18,9 +19,9 @@ rows shared by the neighbourhoods are summed once), the distances to a point 8 -
 sorting network for the median 45 -> 15 ms (a memory pass: 4 ms); every rule before and after
 in bench/README.md.
 
-The C file is compiled on first use with ``$CC`` (else ``cc``, ``gcc`` or ``clang``) and
+The C files are compiled on first use with ``$CC`` (else ``cc``, ``gcc`` or ``clang``) and
 ``-O3 -march=native -fno-math-errno`` (about 1 s; the last flag lets square roots vectorise)
-into a cache directory, one library per source, compiler, flags and CPU, so a home directory
+into one library in a cache directory, one per source, compiler, flags and CPU, so a home directory
 shared by a heterogeneous cluster holds one build per kind of node (if that directory is not
 writable, the temporary directory). If building fails, one warning says why and torch runs
 instead. The work is split over ``torch.get_num_threads()`` threads by column ranges (ctypes
@@ -50,9 +51,13 @@ import torch
 from torch import Tensor
 
 __all__ = ["gram", "gram_rounding", "sq_distances_to", "weighted_sum_and_sq_distances",
-           "mean_var", "group_means", "network_reduce", "library", "SOURCE"]
+           "mean_var", "group_means", "network_reduce", "clip_rows_to", "scale_rows", "library",
+           "SOURCES"]
 
-SOURCE = Path(__file__).with_name("kernels.c")
+KERNELS = Path(__file__).with_name("kernels")
+# the library's sources, and the header they share (part of the build key)
+SOURCES = sorted(KERNELS.glob("*.c"))
+_BUILD_INPUTS = SOURCES + sorted(KERNELS.glob("*.h"))
 DEFAULT_CFLAGS = "-O3 -march=native -fno-math-errno"
 _L2_CHUNK_BYTES = 400 * 1024  # a Gram column chunk of all n rows (measured best at n = 25)
 _CENTERED_CHUNK = 2048        # columns per chunk of a centered Gram matrix: see gram_rounding
@@ -61,7 +66,7 @@ _ALIGN = 64                   # thread column boundaries, in floats (whole vecto
 _STREAM_BYTES = 16 << 20      # outputs above this bypass the cache (they cannot stay in it)
 
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
-# argument and result types of the functions of kernels.c
+# argument and result types of the functions of the kernels
 _SIGNATURES = {
     "gram_f32": ((_P, _L, _L, _P, _L, _L, _L, _P), None),
     "vector_width": ((), _I),
@@ -70,6 +75,8 @@ _SIGNATURES = {
     "group_mean_f32": ((_P, _L, _P, _L, _P, _P, _P, _P, _P, _L, _L, _L, _P, _L, _I), None),
     "mean_var_f32": ((_P, _L, _L, _L, _L, _P, _P, _I), None),
     "sortnet_f32": ((_P, _L, _L, _L, _L, _P, _L, _P, _L, _I, _L, _P), _I),
+    "clip_row_f32": ((_P, _L, _F, _P), _F),
+    "scale_row_f32": ((_P, _L, _F, _P), None),
 }
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -107,8 +114,9 @@ def _cpu_key() -> str:
 
 
 def _build(cc: str, flags: list[str]) -> Path:
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), cc.encode(), " ".join(flags).encode(),
-                                     platform.machine().encode(), _cpu_key().encode()]))
+    key = hashlib.sha256(b"\0".join([*(p.read_bytes() for p in _BUILD_INPUTS), cc.encode(),
+                                     " ".join(flags).encode(), platform.machine().encode(),
+                                     _cpu_key().encode()]))
     name = f"kernels-{key.hexdigest()[:16]}.so"
     uid = getattr(os, "getuid", lambda: 0)()
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"byzrobust-{uid}"):
@@ -124,7 +132,7 @@ def _build(cc: str, flags: list[str]) -> Path:
             continue
         os.close(fd)
         try:
-            proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
+            proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", tmp, *map(str, SOURCES)],
                                   capture_output=True, text=True, timeout=120)
             if proc.returncode != 0:
                 raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[:500]}")
@@ -372,3 +380,41 @@ def network_reduce(x: Tensor, comps: tuple[tuple[int, int], ...], positions: tup
         x.data_ptr(), n, x.stride(0), s, e, pairs.data_ptr(), len(comps), pos.data_ptr(),
         len(positions), kind, beta, out.data_ptr()))
     return out
+
+
+def _over_rows(n: int, d: int, call: Callable[[int], None]) -> None:
+    """Run ``call(i)`` for every row i, the rows split over the threads."""
+    parts = max(1, min(torch.get_num_threads(), n, (n * d) // _MIN_SPLIT))
+    _run([functools.partial(lambda rows: [call(i) for i in rows], range(j, n, parts))
+          for j in range(parts)])
+
+
+def clip_rows_to(x: Tensor, limits: Tensor, out: Tensor) -> Tensor | None:
+    """``out_i = x_i min(1, limits_i / ||x_i||)`` and the norms ``||x_i||`` (float32, as
+    ``distances_to(x, 0)``), each row read from memory once; a norm is -1 where the squared norm
+    overflowed or is NaN and that row of out was not written (the caller's overflow-safe path).
+    None where the kernel does not apply (not float32 CPU with contiguous rows, kernels off)."""
+    lib = library() if _native_ok(x) and _native_ok(out) else None
+    if lib is None:
+        return None
+    n, d = x.shape
+    lim = limits.to(torch.float32).tolist()
+    norms = torch.empty(n, dtype=torch.float32)
+
+    def row(i: int) -> None:
+        norms[i] = lib.clip_row_f32(x[i].data_ptr(), d, lim[i], out[i].data_ptr())
+
+    _over_rows(n, d, row)
+    return norms
+
+
+def scale_rows(x: Tensor, scales: Tensor, out: Tensor) -> bool:
+    """``out_i = scales_i x_i`` (a zero scale writes a zero row, also for infinite entries) by the
+    kernel; False where it does not apply (then the caller multiplies in torch)."""
+    lib = library() if _native_ok(x) and _native_ok(out) else None
+    if lib is None:
+        return False
+    n, d = x.shape
+    s = scales.to(torch.float32).tolist()
+    _over_rows(n, d, lambda i: lib.scale_row_f32(x[i].data_ptr(), d, s[i], out[i].data_ptr()))
+    return True

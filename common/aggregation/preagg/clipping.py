@@ -5,7 +5,9 @@ Y. Allouah, R. Guerraoui, N. Gupta, A. Jellouli, G. Rizk, J. Stephan, "Boosting 
 Clipping Gradients in Distributed Learning", arXiv 2405.14432 (2024): the
 ``k = floor(2 (f/n) (n - f))`` largest-norm vectors are clipped to the norm of the (k+1)-th
 largest, so the clipping level adapts to the honest norms without a tuned constant.
-Norms are overflow-safe (:func:`common.aggregation.tensors.distances_to`).
+Norms are overflow-safe (:func:`common.aggregation.tensors.distances_to`). On CPU the native
+kernels read each row once for ``clip`` (its norm, then the row scaled while still in cache)
+and write the output with stores that bypass the cache (:mod:`common.aggregation.native`).
 """
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ import math
 import torch
 from torch import Tensor
 
+from common.aggregation import native
 from common.aggregation.preagg.base import PREAGGREGATORS, PreAggregator
 from common.aggregation.tensors import check_matrix, distances_to
 from common.errors import ConfigError
 from common.params import Param
 
-__all__ = ["row_norms", "clip_rows", "clipped_mean_weights", "clip", "arc_count", "arc_limits", "arc",
-           "Clip", "ARC"]
+__all__ = ["row_norms", "clip_rows", "clip_to", "clipped_mean_weights", "clip", "arc_count",
+           "arc_limits", "arc", "Clip", "ARC"]
 
 
 def row_norms(x: Tensor) -> Tensor:
@@ -29,10 +32,30 @@ def row_norms(x: Tensor) -> Tensor:
 
 
 def clip_rows(x: Tensor, limits: Tensor, norms: Tensor, out: Tensor | None = None) -> Tensor:
-    """``x_i min(1, limits_i / ||x_i||)`` for every row (a zero row stays zero)."""
+    """``x_i min(1, limits_i / ||x_i||)`` for every row, given the norms (a zero row stays zero;
+    a row of infinite norm, NaN or overflowing entries included, becomes zero)."""
     scale = torch.where(norms > limits, limits / norms, torch.ones_like(norms))
-    scale = torch.nan_to_num(scale, nan=0.0)  # an infinite norm: the row goes to zero
-    return torch.mul(x, scale.to(x.dtype)[:, None], out=out)
+    scale = torch.nan_to_num(scale, nan=0.0)
+    out = torch.empty_like(x) if out is None else out
+    if not native.scale_rows(x, scale, out):
+        torch.mul(x, scale.to(x.dtype)[:, None], out=out)
+        out[scale == 0] = 0  # not 0 * inf = NaN
+    return out
+
+
+def clip_to(x: Tensor, c: float, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(``x_i min(1, c / ||x_i||)`` for every row, the norms ``||x_i||``), as
+    :func:`clip_rows` with every limit c; on CPU each row is read from memory once."""
+    out = torch.empty_like(x) if out is None else out
+    limits = torch.full((x.shape[0],), float(c), dtype=x.dtype, device=x.device)
+    norms = native.clip_rows_to(x, limits, out)
+    if norms is None:
+        norms = row_norms(x)
+        return clip_rows(x, limits, norms, out), norms
+    for i in torch.nonzero(norms < 0).flatten().tolist():  # overflow or NaN: the safe path
+        norms[i:i + 1] = row_norms(x[i:i + 1])
+        clip_rows(x[i:i + 1], limits[i:i + 1], norms[i:i + 1], out[i:i + 1])
+    return out, norms
 
 
 def clipped_mean_weights(kept: Tensor, norms: Tensor, bound: float) -> Tensor:
@@ -53,8 +76,7 @@ def clip(x: Tensor, c: float) -> Tensor:
     check_matrix(x, "a pre-aggregator")
     if not c > 0:
         raise ConfigError(f"clip needs C > 0, got {c}")
-    norms = row_norms(x)
-    return clip_rows(x, torch.full_like(norms, float(c)), norms)
+    return clip_to(x, c)[0]
 
 
 def arc_count(n: int, f: int) -> int:
@@ -87,8 +109,17 @@ def arc(x: Tensor, f: int, out: Tensor | None = None) -> Tensor:
     n = x.shape[0]
     if not 0 <= f < n:
         raise ConfigError(f"arc needs 0 <= f < n, got n={n}, f={f}")
-    norms = row_norms(x)
-    return clip_rows(x, arc_limits(norms, f)[0], norms, out)
+    return _arc_into(x, f, out)[0]
+
+
+def _arc_into(x: Tensor, f: int, out: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(ARC's output, the limits, the clipped rows): every row copied while its norm is taken
+    (one read of x), then the k clipped rows scaled in place."""
+    out, norms = clip_to(x, math.inf, out)
+    limits, clipped = arc_limits(norms, f)
+    for i in clipped.tolist():
+        clip_rows(out[i:i + 1], limits[i:i + 1], norms[i:i + 1], out[i:i + 1])
+    return out, limits, clipped
 
 
 @PREAGGREGATORS.register
@@ -99,10 +130,10 @@ class Clip(PreAggregator):
     params = (Param("c", float, 2.0, "the norm bound C", low=0, low_open=True),)
 
     def apply(self, x, generator, out):
-        norms = row_norms(x)
         c = self.values["c"]
+        out, norms = clip_to(x, c, out)
         self.info = {"clipped": int((norms > c).sum())}
-        return clip_rows(x, torch.full_like(norms, c), norms, out)
+        return out
 
 
 @PREAGGREGATORS.register
@@ -117,8 +148,7 @@ class ARC(PreAggregator):
                               "(arc sees the vectors that reach it in the chain)")
 
     def apply(self, x, generator, out):
-        norms = row_norms(x)
-        limits, clipped = arc_limits(norms, self.f)
+        out, limits, clipped = _arc_into(x, self.f, out)
         self.info = {"clipped": clipped.tolist(),
                      "threshold": float(limits[clipped[0]]) if len(clipped) else None}
-        return clip_rows(x, limits, norms, out)
+        return out
