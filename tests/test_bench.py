@@ -22,8 +22,18 @@ def test_rules_bench_prints_every_rule():
     text = bench("bench/rules.py", "--sizes", "5x4096", "--reps", "1", "--no-byzfl",
                  "--threads", "1")
     for rule in ("mean", "krum", "multikrum", "cm", "trmean", "rfa", "cclip", "bulyan",
-                 "signmv", "bucketing:2", "resampling:2", "nnm", "cm+compile"):
+                 "signmv", "bucketing:2", "resampling:2", "nnm", "cm+compile", "clip:2", "arc",
+                 "meamed", "monna", "mda", "caf", "smea", "dnc", "signguard",
+                 "clippedclustering", "flame", "fltrust(g0"):
         assert re.search(rf"^{re.escape(rule)}\S*\s+\d+\.\d", text, re.M), (rule, text)
+
+
+def test_exact_search_bench_says_the_largest_n_for_each_rule_and_f():
+    text = bench("bench/exact_search.py", "--d", "64", "--budget", "0.02", "--reps", "1")
+    for rule in ("mda", "smea"):
+        for f in ("f = n // 5", "f = 2"):
+            assert re.search(rf"^{rule}\s+\({re.escape(f)}\): largest n within 0.02 s: \d+",
+                             text, re.M), (rule, f, text)
 
 
 def test_mpi_bench_prints_one_row_per_rank_count_and_size():
