@@ -28,7 +28,8 @@ which allocates its (n, d) output on every call (fresh pages: about 10 ms per 10
 ByzFL 0.0.11 has no Bulyan, sign majority or resampling; those rows have no ByzFL column, nor do
 caf and smea (ByzFL's estimate their eigenvalues with one power step from a random vector), nor
 dnc, signguard, clippedclustering, flame and fltrust (not in ByzFL 0.0.11); fltrust is timed with
-g0 given (row 0): the server's root-set gradient is one backward pass, timed by bench/rounds.py.
+g0 = row 0 (``fltrust(g0=x0)``): the server's root-set gradient is one backward pass, timed by
+bench/rounds.py.
 ``NAME+compile`` rows (n <= 32): the sorting network as one compiled kernel (``--compile-rules``);
 the line also gives the first call's time, which includes compiling.
 """
@@ -113,7 +114,7 @@ def ours(n: int, d: int, f: int) -> dict:
         "signguard": lambda x: signguard(x, generator=g()),
         "clippedclustering": lambda x: clipped_clustering(x, tau=1e5),
         "flame": lambda x: flame(x, generator=g()),
-        "fltrust(g0 given)": lambda x: fltrust(x, x[0]),
+        "fltrust(g0=x0)": lambda x: fltrust(x, x[0]),
     }
     if f <= rules.MAX_F:                      # mda's exact search (2^(f+1) nodes)
         impls["mda"] = lambda x: rules.mda(x, f)

@@ -24,7 +24,7 @@ def test_rules_bench_prints_every_rule():
     for rule in ("mean", "krum", "multikrum", "cm", "trmean", "rfa", "cclip", "bulyan",
                  "signmv", "bucketing:2", "resampling:2", "nnm", "cm+compile", "clip:2", "arc",
                  "meamed", "monna", "mda", "caf", "smea", "dnc", "signguard",
-                 "clippedclustering", "flame", "fltrust(g0"):
+                 "clippedclustering", "flame", "fltrust(g0=x0)"):
         assert re.search(rf"^{re.escape(rule)}\S*\s+\d+\.\d", text, re.M), (rule, text)
 
 
