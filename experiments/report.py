@@ -96,7 +96,10 @@ def _markdown(name, runs, unfinished, keys, rows, cols, figures, implied=()) -> 
     if implied:
         out += ["Set per cell by the table's keys (values in results.csv): " +
                 ", ".join(implied) + ".", ""]
-    out += ["Final test accuracy (%), mean ± std over seeds:", "", markdown_table(runs, rows, cols), ""]
+    worst = bool(exp and exp.layout.worst)
+    out += ["Final test accuracy (%), mean ± std over seeds" +
+            (" (last column: the least seed mean over the columns)" if worst else "") + ":", "",
+            markdown_table(runs, rows, cols, worst=worst), ""]
     if any("final_backdoor_accuracy" in r.summary for r in runs):
         bd = [r for r in runs if "final_backdoor_accuracy" in r.summary]
         out += ["Backdoor accuracy (%, share of test 4s classified as 9; lower is better):", "",

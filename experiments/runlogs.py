@@ -235,14 +235,21 @@ def cell_table(runs: Sequence[RunLog], rows: Sequence[str], cols: Sequence[str],
     return _ordered(rv), _ordered(cv), vals
 
 
-def markdown_table(runs, rows, cols, metric="final_test_accuracy") -> str:
+def markdown_table(runs, rows, cols, metric="final_test_accuracy", worst: bool = False) -> str:
+    """The (rows x cols) table of ``metric``, mean ± std over seeds. ``worst``: a last column
+    with each row's least seed mean over the columns and the column that gave it."""
     rv, cv, vals = cell_table(runs, rows, cols, metric)
     head = [SHORT.get(k, k) for k in rows] + [label(cols, c) if cols else metric for c in cv]
+    head += ["worst (by)"] if worst else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rv:
         cells = [fmt_value(k, v) if k not in BARE else str(v) for k, v in zip(rows, r)]
         cells = [c.split("=", 1)[-1] for c in cells]
         cells += [_fmt_ms(vals.get((r, c), [])) for c in cv]
+        if worst:
+            means = [(_mean_std(vals[(r, c)])[0], c) for c in cv if vals.get((r, c))]
+            m, c = min(means, key=lambda t: t[0]) if means else (None, None)
+            cells.append("-" if m is None else f"**{m:.1f}** ({label(cols, c)})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

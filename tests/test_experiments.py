@@ -86,6 +86,10 @@ def test_varying_keys_and_table_layout():
     assert table[0] == "| agg | iid | noniid |"
     assert table[2] == "| cm | 85.0 ± 7.1 | 50.0 |"  # std of (90, 80) = 7.07
     assert table[3] == "| krum | 70.0 | - |"
+    worst = runlogs.markdown_table(runs, ["agg"], ["partition"], worst=True).splitlines()
+    assert worst[0] == "| agg | iid | noniid | worst (by) |"
+    assert worst[2] == "| cm | 85.0 ± 7.1 | 50.0 | **50.0** (noniid) |"
+    assert worst[3] == "| krum | 70.0 | - | **70.0** (iid) |"  # over the cells that ran
 
 
 def test_every_grid_is_well_formed(tmp_path):
