@@ -38,14 +38,15 @@ HONEST3 = torch.tensor([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0], [5.0, 0.0, 1.0]])
 
 def test_registry_names():
     expected = {"none", "bitflip", "signflip", "labelflip", "gaussian", "nm", "alie", "ipm",
-                "mimic", "mimic2", "backdoor", "reverse", "directional", "random"}
+                "mimic", "mimic2", "backdoor", "reverse", "directional", "random", "minmax",
+                "minsum", "fang", "inf"}
     assert set(attack_names()) == expected
     assert attack_names() == sorted(expected)
     for name, cls in ATTACKS.items():
         assert cls.name == name
         assert cls.__doc__ and len(cls.__doc__) > 20
     omni = {name for name, cls in ATTACKS.items() if cls.omniscient}
-    assert omni == {"nm", "alie", "ipm", "mimic"}
+    assert omni == {"nm", "alie", "ipm", "mimic", "minmax", "minsum", "fang"}
 
 
 def test_unknown_name_lists_choices():
@@ -372,7 +373,7 @@ def test_no_in_place_and_shape(name):
     assert y.tolist() == [4, 1]
 
 
-@pytest.mark.parametrize("name", ["nm", "alie", "ipm", "mimic"])
+@pytest.mark.parametrize("name", ["nm", "alie", "ipm", "mimic", "minmax", "minsum", "fang"])
 def test_omniscient_need_honest(name):
     a = make_attack(name, 5, 2, 10)
     with pytest.raises(ValueError, match="honest"):

@@ -36,6 +36,14 @@ def test_exact_search_bench_says_the_largest_n_for_each_rule_and_f():
                              text, re.M), (rule, f, text)
 
 
+def test_attacks_bench_times_every_message_attack():
+    text = bench("bench/attacks.py", "--sizes", "10x4096", "--reps", "1")
+    for attack in ("alie", "ipm", "nm", "mimic", "minmax", "minsum", "fang", "inf", "gaussian",
+                   "signflip"):
+        assert re.search(rf"^{attack}\s+\d+\.\d+\s+\d+\.\d+", text, re.M), (attack, text)
+    assert re.search(r"^minmax\s.*gamma=\d", text, re.M), text
+
+
 def test_mpi_bench_prints_one_row_per_rank_count_and_size():
     text = bench("bench/mpi.py", "--ranks", "3", "--dims", "1000", "--reps", "2")
     assert re.search(r"^\s+3\s+2\s+1e\+03\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", text, re.M), text

@@ -1,6 +1,7 @@
 """``gaussian``: each Byzantine row independent N(0, std^2 I) noise (the papers' Gaussian attack),
 drawn on the CPU with the round's generator, so the same seed gives the same messages on any
-device."""
+device; ``inf``: every coordinate +inf (ByzFL's Inf attack), which the server's message policy
+must drop (master/messages.py)."""
 from __future__ import annotations
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor
 from common.attacks.base import ATTACKS, Attack, AttackInput
 from common.params import Param
 
-__all__ = ["gaussian_rows", "Gaussian"]
+__all__ = ["gaussian_rows", "Gaussian", "Inf"]
 
 
 def gaussian_rows(b: int, d: int, std: float, generator: torch.Generator,
@@ -37,3 +38,14 @@ class Gaussian(Attack):
     def _craft(self, inp: AttackInput, own: Tensor, out: Tensor | None) -> Tensor:
         b, d = own.shape
         return gaussian_rows(b, d, self.std, inp.generator, device=own.device, dtype=own.dtype)
+
+
+@ATTACKS.register
+class Inf(Attack):
+    """Every coordinate of every Byzantine row is +inf (the server must drop the row)."""
+
+    name = "inf"
+    reads_own = False
+
+    def _craft(self, inp: AttackInput, own: Tensor, out: Tensor | None) -> Tensor:
+        return torch.full_like(own, float("inf"))
