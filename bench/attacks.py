@@ -7,7 +7,9 @@ honest messages of one round.
 Per attack: the median wall time of one round's crafting, its multiple of one memory pass over
 the honest stack (``mean``: the honest mean), and what it logs (e.g. minmax's gamma). Per-worker
 random attacks (gaussian, fang) are called once per Byzantine row, as the workers call them.
-labelflip and backdoor change the data; their rows here are the message step only.
+labelflip and backdoor change the data; their rows here are the message step only. opt-alie and
+opt-ipm evaluate the defense (``--agg``, ``--pre``) ``evals`` times per round (20 by default):
+their time is that many calls of the chain and the rule.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import common.run.startup  # noqa: E402,F401  (before torch)
 # isort: split
 import torch  # noqa: E402
 
-from common.attacks import AttackInput, attack_names, make_attack  # noqa: E402
+from common.attacks import AttackInput, Defense, attack_names, make_attack  # noqa: E402
 
 # sign-vote attacks (the sign protocol's), a data layout, and honest behaviour
 SKIP = {"none", "reverse", "directional", "random", "mimic2"}
@@ -45,10 +47,13 @@ def main() -> None:
     p.add_argument("--sizes", default="25x1000000", help="comma-separated NxD (n workers, d)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--agg", default="cm", help="the defense opt-alie / opt-ipm aim at")
+    p.add_argument("--pre", default="none", help="its pre-aggregator chain")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); defense (opt-*): "
+          f"--pre {a.pre} --agg {a.agg}")
     for size in a.sizes.split(","):
         n, d = (int(v) for v in size.lower().split("x"))
         f = max(1, n // 5)
@@ -63,6 +68,7 @@ def main() -> None:
             if name in SKIP:
                 continue
             atk = make_attack(name, n, f, 10)
+            atk.bind(Defense(a.pre, a.agg, f))
             # as the workers call it: once per Byzantine row for per-worker random attacks
             parts = [own[j:j + 1] for j in range(f)] if atk.per_worker_random else [own]
 

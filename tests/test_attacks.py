@@ -12,6 +12,7 @@ from common.attacks import (
     ALIE_P_EPS,
     ATTACKS,
     AttackInput,
+    Defense,
     alie_z,
     attack_names,
     make_attack,
@@ -23,6 +24,13 @@ def gen(seed=0):
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+def bound(name, n=5, f=2, num_classes=10, **params):
+    """The attack, told the server runs the mean (attacks that aim at the defense need it)."""
+    a = make_attack(name, n, f, num_classes, **params)
+    a.bind(Defense("none", "mean", f))
+    return a
 
 
 def inp(own, honest=None, n=5, rnd=0, seed=0):
@@ -39,14 +47,15 @@ HONEST3 = torch.tensor([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0], [5.0, 0.0, 1.0]])
 def test_registry_names():
     expected = {"none", "bitflip", "signflip", "labelflip", "gaussian", "nm", "alie", "ipm",
                 "mimic", "mimic2", "backdoor", "reverse", "directional", "random", "minmax",
-                "minsum", "fang", "inf"}
+                "minsum", "fang", "inf", "opt-alie", "opt-ipm"}
     assert set(attack_names()) == expected
     assert attack_names() == sorted(expected)
     for name, cls in ATTACKS.items():
         assert cls.name == name
         assert cls.__doc__ and len(cls.__doc__) > 20
     omni = {name for name, cls in ATTACKS.items() if cls.omniscient}
-    assert omni == {"nm", "alie", "ipm", "mimic", "minmax", "minsum", "fang"}
+    assert omni == {"nm", "alie", "ipm", "mimic", "minmax", "minsum", "fang", "opt-alie",
+                    "opt-ipm"}
 
 
 def test_unknown_name_lists_choices():
@@ -341,9 +350,9 @@ def test_b_zero(name):
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_craft_into_given_rows_equals_a_fresh_craft(name):
-    fresh = make_attack(name, 5, 2, 10).craft(inp(OWN.clone(), HONEST3.clone(), seed=3))
+    fresh = bound(name).craft(inp(OWN.clone(), HONEST3.clone(), seed=3))
     out = torch.full_like(OWN, 7.0)
-    got = make_attack(name, 5, 2, 10).craft(inp(OWN.clone(), HONEST3.clone(), seed=3), out)
+    got = bound(name).craft(inp(OWN.clone(), HONEST3.clone(), seed=3), out)
     assert got is out and torch.equal(out, fresh)
 
 
@@ -360,7 +369,7 @@ def test_consecutive_rows_are_a_writable_block():
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_no_in_place_and_shape(name):
-    a = make_attack(name, 5, 2, 10)
+    a = bound(name)
     own, honest = OWN.clone(), HONEST3.clone()
     out = a.craft(inp(own, honest, n=5))
     assert out.shape == own.shape and out.dtype == own.dtype and out.device == own.device
@@ -373,9 +382,10 @@ def test_no_in_place_and_shape(name):
     assert y.tolist() == [4, 1]
 
 
-@pytest.mark.parametrize("name", ["nm", "alie", "ipm", "mimic", "minmax", "minsum", "fang"])
+@pytest.mark.parametrize("name", ["nm", "alie", "ipm", "mimic", "minmax", "minsum", "fang",
+                                  "opt-alie", "opt-ipm"])
 def test_omniscient_need_honest(name):
-    a = make_attack(name, 5, 2, 10)
+    a = bound(name)
     with pytest.raises(ValueError, match="honest"):
         a.craft(inp(OWN, None, n=5))
 

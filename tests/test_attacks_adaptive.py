@@ -1,7 +1,7 @@
-"""The distance-constrained and full-knowledge attacks (minmax, minsum, fang) and inf: values by
-hand, the constraints holding with equality at the gamma found (hypothesis), Fang's values beyond
-the honest extremes, inf dropped by the message policy, and each end to end in main.py and under
-mpiexec."""
+"""The adaptive attacks (opt-alie, opt-ipm, minmax, minsum, fang) and inf: the line search and the
+constraints by hand, the search finding the known optimum, minmax's constraint holding with
+equality at the gamma found (hypothesis), Fang's values beyond the honest extremes, inf dropped
+by the message policy, and each end to end in main.py and under mpiexec."""
 from __future__ import annotations
 
 import json
@@ -14,22 +14,76 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import main as main_mod
-from common.attacks import AttackInput, make_attack
+from common.attacks import AttackInput, Defense, make_attack
 from common.attacks.fang import fang_bounds
 from common.attacks.minmax import PERTURBATIONS, minmax_vector, minsum_vector, perturbation
+from common.attacks.omniscient import alie_vector
+from common.attacks.optimal import defense_distance, line_search
 from common.errors import ConfigError
+from common.run.config import Config, validate
 
 SETTINGS = settings(max_examples=30, deadline=None)
 TWO = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
 
 
-def craft(name, honest, rows=2, seed=0, **params):
+def craft(name, honest, rows=2, seed=0, defense=None, **params):
     """The attack's ``rows`` Byzantine messages for the honest stack (n = h + rows)."""
     a = make_attack(name, honest.shape[0] + rows, rows, 10, **params)
+    if defense is not None:
+        a.bind(defense)
     own = torch.zeros(rows, honest.shape[1])
     out = a.craft(AttackInput(own, honest, honest.shape[0] + rows, 0,
                               torch.Generator().manual_seed(seed)))
     return out, a.info
+
+
+# -- opt-alie / opt-ipm ------------------------------------------------------------------------
+
+def test_line_search_by_hand():
+    # score -(x-3)^2 from 0, step 1: 0, 1, 3 improve (step doubles: 1, 2, 4), 7 does not (step
+    # 4 * 0.8); then 3 + 3.2 and 3 + 2.56 do not either: the optimum 3 after 6 evaluations
+    calls = []
+
+    def score(x):
+        calls.append(x)
+        return -(x - 3.0) ** 2
+
+    assert line_search(score, evals=6, start=0.0, delta=1.0, ratio=0.8) == (3.0, 0.0)
+    assert calls == pytest.approx([0.0, 1.0, 3.0, 7.0, 6.2, 5.56])
+
+
+def test_opt_alie_against_the_mean_takes_the_largest_factor_it_reaches():
+    # the mean moves by (b/n) s ||sigma||: every step helps, so 5 evaluations reach 0+1+2+4+8
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(0))
+    defense = Defense("none", "mean", 2)
+    out, info = craft("opt-alie", x, 2, defense=defense, evals=5, delta=1.0)
+    assert info["factor"] == 15.0
+    sigma = x.double().std(0)
+    assert info["distance"] == pytest.approx(2 / 8 * 15 * float(sigma.norm()), rel=1e-5)
+    torch.testing.assert_close(out[0], alie_vector(x, 15.0))
+
+
+@pytest.mark.parametrize("name,pre,agg", [("opt-alie", "none", "cm"),
+                                          ("opt-ipm", "bucketing:2", "trmean"),
+                                          ("opt-alie", "nnm", "krum")])
+def test_opt_attacks_reach_the_best_distance_of_a_fine_grid(name, pre, agg):
+    x = torch.randn(9, 30, generator=torch.Generator().manual_seed(1)) + 0.3
+    defense = Defense(pre, agg, 2)
+    _, info = craft(name, x, 2, defense=defense, evals=40, delta=1.0)
+    vector = alie_vector if name == "opt-alie" else (lambda h, s: -s * h.mean(0))
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(0)))
+    grid = max(defense_distance(defense, x, vector(x, s / 4), 2, seed) for s in range(0, 161))
+    assert info["distance"] >= grid * (1 - 1e-6) - 1e-9, (info, grid)
+
+
+def test_opt_attacks_refuse_what_a_worker_cannot_evaluate():
+    for agg in ("cclip", "clippedclustering", "fltrust"):
+        cfg = Config(agg=agg, attack="opt-alie", pre="none", momentum=0.0, num_workers=10,
+                     num_byzantine=2)
+        with pytest.raises(ConfigError, match="opt-alie evaluates the server's rule"):
+            validate(cfg)
+    with pytest.raises(ValueError, match="needs the defense"):
+        craft("opt-ipm", torch.ones(3, 2), 1)
 
 
 # -- min-max / min-sum -------------------------------------------------------------------------
@@ -139,11 +193,13 @@ def test_runs_end_to_end_and_logs_gamma(attack, tmp_path):
 
 @pytest.mark.mpi
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec")
-@pytest.mark.parametrize("attack", ["minmax", "minsum", "fang", "inf"])
-def test_under_mpi_equals_main(attack, tmp_path):
+@pytest.mark.parametrize("attack,pre", [("minmax", "none"), ("minsum", "none"), ("fang", "none"),
+                                        ("inf", "none"), ("opt-alie", "nnm"),
+                                        ("opt-ipm", "arc")])
+def test_under_mpi_equals_main(attack, pre, tmp_path):
     from tests.processes import final_params, run_mpi
 
-    flags = [*FLAGS, "--agg", "trmean", "--attack", attack, "--rounds", "4"]
+    flags = [*FLAGS, "--agg", "trmean", "--attack", attack, "--rounds", "4", "--pre", pre]
     p = run_mpi(3, *flags, "-o", str(tmp_path / "mpi"))
     assert p.returncode == 0, p.stderr[-3000:]
     main_mod.main([*flags, "-o", str(tmp_path / "main")])

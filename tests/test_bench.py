@@ -39,9 +39,10 @@ def test_exact_search_bench_says_the_largest_n_for_each_rule_and_f():
 def test_attacks_bench_times_every_message_attack():
     text = bench("bench/attacks.py", "--sizes", "10x4096", "--reps", "1")
     for attack in ("alie", "ipm", "nm", "mimic", "minmax", "minsum", "fang", "inf", "gaussian",
-                   "signflip"):
+                   "signflip", "opt-alie", "opt-ipm"):
         assert re.search(rf"^{attack}\s+\d+\.\d+\s+\d+\.\d+", text, re.M), (attack, text)
     assert re.search(r"^minmax\s.*gamma=\d", text, re.M), text
+    assert re.search(r"^opt-alie\s.*factor=\d", text, re.M), text
 
 
 def test_mpi_bench_prints_one_row_per_rank_count_and_size():

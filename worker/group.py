@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
 from common.aggregation.rules import RULES
-from common.attacks import Attack, AttackInput, make_attack
+from common.attacks import Attack, AttackInput, Defense, make_attack
 from common.compute.linear_grads import linear_layers, per_worker_gradients
 from common.compute.paths import choose_path
 from common.data.partition import pad_shards, sample_batches
@@ -306,4 +306,5 @@ def make_worker_group(cfg: Config, problem: Problem, ids: range, device: torch.d
     if attack is None:
         attack = make_attack(cfg.attack, cfg.num_workers, cfg.num_byzantine,
                              problem.dataset.num_classes, **cfg.attack_params)
+    attack.bind(Defense(cfg.pre, cfg.agg, cfg.f, dict(cfg.agg_params)))
     return WorkerGroup(cfg, problem, ids, attack, device)

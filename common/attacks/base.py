@@ -27,7 +27,7 @@ Conventions shared by every attack:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -36,7 +36,8 @@ from torch import Tensor
 from common.errors import ConfigError
 from common.params import Param, Registry
 
-__all__ = ["AttackInput", "Attack", "ATTACKS", "attack_names", "make_attack", "repeat_rows"]
+__all__ = ["AttackInput", "Defense", "Attack", "ATTACKS", "attack_names", "make_attack",
+           "repeat_rows"]
 
 #: Every attack by name.
 ATTACKS = Registry("attack")
@@ -60,6 +61,17 @@ class AttackInput:
     n: int
     round: int
     generator: torch.Generator
+
+
+@dataclass(frozen=True)
+class Defense:
+    """What the server runs on the messages, for attacks that aim at it (:meth:`Attack.bind`):
+    its ``--pre`` chain, its rule and the rule's parameters, and the f both assume."""
+
+    pre: str
+    agg: str
+    f: int
+    agg_params: dict[str, Any] = field(default_factory=dict)
 
 
 def repeat_rows(vec: Tensor, b: int, like: Tensor, out: Tensor | None = None) -> Tensor:
@@ -112,6 +124,7 @@ class Attack:
         self.num_classes = num_classes
         self.values: dict[str, Any] = values
         self.info: dict = {}
+        self.defense: Defense | None = None
         self._setup(**values)
 
     def _setup(self, **values: Any) -> None:
@@ -139,6 +152,10 @@ class Attack:
         """``(name, source, target)``: report the percentage of test samples of class source
         classified as target under ``name`` at every evaluation, or None."""
         return None
+
+    def bind(self, defense: Defense) -> None:
+        """Tell the attack what the server runs (the workers do, before the first round)."""
+        self.defense = defense
 
     # -- data level ----------------------------------------------------------------------
     def poison_labels(self, y: Tensor) -> Tensor:
