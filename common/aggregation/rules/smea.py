@@ -78,9 +78,7 @@ def smea(x: Tensor, f: int) -> Tensor:
 
 @RULES.register
 class SMEA(Rule):
-    """Mean of the n - f messages of least top covariance eigenvalue; info: the kept rows.
-
-    Exact search over the C(n, f) subsets (at most 200000)."""
+    """Mean of the n - f messages of least top eigenvalue (exact, C(n,f) <= 2e5); info: kept rows."""
 
     name = "smea"
 
