@@ -359,6 +359,12 @@ def test_bucket_size_above_n_warns(capsys):
     assert _warnings(capsys, ["-n", 10, "-f", 1, "--agg", "cm", "--bucketing", 2]) == []
 
 
+def test_a_byzantine_majority_warns_with_the_bound(capsys):
+    w = _warnings(capsys, ["-n", 5, "-f", 3, "--agg", "mean", "--pre", "none"])
+    assert len(w) == 1 and "f=3 of n=5 workers are Byzantine" in w[0] and "n > 2f" in w[0]
+    assert _warnings(capsys, ["-n", 5, "-f", 2, "--agg", "mean", "--pre", "none"]) == []
+
+
 def test_milestones_out_of_order_warn(capsys):
     w = _warnings(capsys, ["--lr-schedule", "step", "--lr-milestones", "5,3"])
     assert len(w) == 1 and "--lr-milestones 5,3 are not strictly increasing" in w[0]

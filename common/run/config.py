@@ -299,6 +299,10 @@ def validate(cfg: Config) -> None:
     protocol_of(cfg).validate(cfg, chain)
     for text in chain.warnings(cfg.num_workers):
         warn(text)
+    if 2 * cfg.num_byzantine >= cfg.num_workers and cfg.num_byzantine:
+        warn(f"f={cfg.num_byzantine} of n={cfg.num_workers} workers are Byzantine: no rule can "
+             "tell them from the honest ones once f >= n/2 (the robust rules need n > 2f, "
+             "Krum n >= 2f+3, Bulyan n >= 4f+3), so the attack decides the result")
     ms = list(cfg.lr_milestones)
     if ms != sorted(set(ms)):
         warn(f"--lr-milestones {','.join(map(str, ms))} are not strictly increasing; the lr "
