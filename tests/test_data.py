@@ -1,4 +1,5 @@
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -102,6 +103,10 @@ def _no_network(*args, **kwargs):
     raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: <urlopen error network unreachable>")
 
 
+def _never_called(*args, **kwargs):
+    raise AssertionError("a download was attempted although the host is unreachable")
+
+
 def test_missing_fashionmnist_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(data_mod, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError) as err:
@@ -111,23 +116,53 @@ def test_missing_fashionmnist_says_how_to_get_it(tmp_path, monkeypatch):
 
 
 def test_missing_mnist_no_network(tmp_path, monkeypatch):
+    """Reachable host but the download fails: the how-to, and the folders it made are gone."""
     import torchvision
 
-    monkeypatch.setattr(data_mod, "CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(torchvision.datasets, "MNIST", _no_network)
+    def fails_after_making_folders(root, **kw):
+        os.makedirs(os.path.join(root, "MNIST", "raw"), exist_ok=True)
+        _no_network(root, **kw)
+
+    monkeypatch.setattr(data_mod, "CACHE_DIR", str(tmp_path / "cache" / "data"))
+    monkeypatch.setattr(data_mod, "_unreachable", lambda host: None)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", fails_after_making_folders)
+    (tmp_path / "empty").mkdir()
     for data_dir in (None, str(tmp_path / "empty")):
         data_mod.clear_cache()
         with pytest.raises(ConfigError) as err:
             load_dataset("mnist", data_dir)
         assert "--data-dir" in str(err.value) and "no internet" in str(err.value)
+    assert not (tmp_path / "cache").exists() and not list((tmp_path / "empty").iterdir())
+
+
+def test_offline_fails_at_once_and_leaves_nothing(tmp_path, monkeypatch):
+    """No route to the download host: one line at once, torchvision never called."""
+    import torchvision
+
+    def unreachable(address, timeout=None):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", _never_called)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", _never_called)
+    monkeypatch.setattr(data_mod, "CACHE_DIR", str(tmp_path / "cache"))
+    for name, what in (("mnist", "train-images-idx3-ubyte"), ("cifar10", "cifar-10-batches-py")):
+        data_mod.clear_cache()
+        with pytest.raises(ConfigError) as err:
+            load_dataset(name, None)
+        msg = str(err.value)
+        assert "cannot download it (no internet?" in msg and what in msg and "\n" not in msg
+    assert not (tmp_path / "cache").exists()
 
 
 def test_missing_cifar_no_network(tmp_path, monkeypatch):
     import torchvision
 
+    monkeypatch.setattr(data_mod, "_unreachable", lambda host: None)
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", _no_network)
     with pytest.raises(ConfigError, match="--data-dir DIR containing cifar-10-batches-py"):
         load_dataset("cifar10", str(tmp_path))
+    assert not list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------- partitions

@@ -48,6 +48,21 @@ def _fails(capsys, argv) -> str:
 # a run never replaces another one's files
 # ------------------------------------------------------------------------------------------
 
+def test_a_run_that_fails_before_writing_leaves_nothing(tmp_path, monkeypatch):
+    from common.data import datasets
+
+    monkeypatch.setattr(datasets, "_unreachable", lambda host: "offline (test)")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "mine").mkdir()
+    for out in ("new", "mine"):
+        with pytest.raises(SystemExit) as e:
+            main_mod.main(["--dataset", "mnist", "--data-dir", str(tmp_path / "empty"),
+                           "--rounds", "1", "-o", str(tmp_path / out), "--no-progress"])
+        assert e.value.code == 2
+    assert not (tmp_path / "new").exists()  # created by the claim: removed
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
+
+
 def test_a_second_run_into_a_run_directory_is_refused_and_the_first_kept(tmp_path, capsys):
     _run(tmp_path, "--rounds", 2)
     d = tmp_path / "run"

@@ -26,10 +26,14 @@ and must not modify them in place.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import importlib.util
 import os
+import shutil
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -203,6 +207,46 @@ def _load_fashionmnist(data_dir: str | None) -> Dataset:
     return _idx_dataset("fashionmnist", paths, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
 
 
+# Where torchvision downloads each dataset from (its first mirror), for the offline check.
+DOWNLOAD_HOSTS = {"mnist": "ossci-datasets.s3.amazonaws.com", "cifar10": "www.cs.toronto.edu",
+                  "cifar100": "www.cs.toronto.edu"}
+
+
+def _unreachable(host: str, timeout: float = 3.0) -> str | None:
+    """Why ``host`` cannot be reached on port 443 within ``timeout`` s (None: it can)."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return None
+    except OSError as e:
+        return one_line(e, 120)
+
+
+@contextlib.contextmanager
+def _download_or_explain(name: str, root: str, what: str) -> Iterator[None]:
+    """Download ``name`` into ``root`` inside the block: fail at once with the how-to when its
+    host is unreachable, and leave no folder behind that the failed attempt created."""
+    how = f"download it elsewhere and pass --data-dir DIR containing {what}"
+    offline = _unreachable(DOWNLOAD_HOSTS[name])
+    if offline:
+        raise ConfigError(f"{name} is not under {root} and this machine cannot download it "
+                          f"(no internet? {DOWNLOAD_HOSTS[name]}: {offline}); {how}")
+    top = os.path.abspath(root)  # the first folder the download will create, if any
+    while not os.path.exists(os.path.dirname(top)) and os.path.dirname(top) != top:
+        top = os.path.dirname(top)
+    created = not os.path.exists(top)
+    before = set() if created else set(os.listdir(top))
+    try:
+        yield
+    except Exception as exc:  # no internet after all, unwritable dir, ... -> actionable message
+        if created:
+            shutil.rmtree(top, ignore_errors=True)
+        else:
+            for entry in set(os.listdir(top)) - before:
+                shutil.rmtree(os.path.join(top, entry), ignore_errors=True)
+        raise ConfigError(f"could not download {name} into {root} (no internet?): "
+                          f"{one_line(exc, 200)}; {how}") from exc
+
+
 def _load_mnist(data_dir: str | None) -> Dataset:
     root = data_dir or CACHE_DIR
     candidates = []
@@ -212,16 +256,11 @@ def _load_mnist(data_dir: str | None) -> Dataset:
     paths = _find_idx_dir(candidates)
     if paths is not None:
         return _idx_dataset("mnist", paths, MNIST_MEAN, MNIST_STD)
-    try:
+    with _download_or_explain("mnist", root, "train-images-idx3-ubyte[.gz] (or MNIST/raw/)"):
         import torchvision  # noqa: PLC0415 - only to download; importing it costs ~0.5 s
 
         train = torchvision.datasets.MNIST(root, train=True, download=True)
         test = torchvision.datasets.MNIST(root, train=False, download=True)
-    except Exception as exc:  # no internet, unwritable dir, ... -> actionable message
-        raise ConfigError(
-            f"could not download mnist into {root} (no internet?): {one_line(exc, 200)}; download it "
-            f"elsewhere and pass --data-dir DIR containing train-images-idx3-ubyte[.gz] "
-            f"(or MNIST/raw/)") from exc
 
     def images(ds):
         x = ds.data.to(torch.float32).unsqueeze(1)
@@ -238,20 +277,20 @@ def _cifar_loader(name: str, cls_name: str, folder: str, num_classes: int, mean,
         if os.path.basename(os.path.normpath(root)) == folder:
             root = os.path.dirname(os.path.normpath(root))
         present = os.path.isdir(os.path.join(root, folder))
-        try:
-            import torchvision  # noqa: PLC0415 - only for CIFAR; importing it costs ~0.5 s
+        import torchvision  # noqa: PLC0415 - only for CIFAR; importing it costs ~0.5 s
 
-            cls = getattr(torchvision.datasets, cls_name)
-            train = cls(root, train=True, download=not present)
-            test = cls(root, train=False, download=not present)
-        except Exception as exc:
-            if present:
+        cls = getattr(torchvision.datasets, cls_name)
+        if present:
+            try:
+                train, test = cls(root, train=True), cls(root, train=False)
+            except Exception as exc:
                 raise ConfigError(f"{name}: could not read {os.path.join(root, folder)} "
-                                  f"({one_line(exc, 200)}); delete it or pass --data-dir DIR containing "
-                                  f"an intact {folder}") from exc
-            raise ConfigError(
-                f"could not download {name} into {root} (no internet?): {one_line(exc, 200)}; download "
-                f"it elsewhere and pass --data-dir DIR containing {folder}") from exc
+                                  f"({one_line(exc, 200)}); delete it or pass --data-dir DIR "
+                                  f"containing an intact {folder}") from exc
+        else:
+            with _download_or_explain(name, root, folder):
+                train = cls(root, train=True, download=True)
+                test = cls(root, train=False, download=True)
         m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 

@@ -13,6 +13,7 @@ writer fail with one line naming its pid and host.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import glob
@@ -44,16 +45,27 @@ def io_error(what: str, path: str, e: OSError) -> ConfigError:
 
 
 class RunLock:
-    """The exclusive lock on a run directory (``release()`` or process exit ends it)."""
+    """The exclusive lock on a run directory (``release()`` or process exit ends it).
 
-    def __init__(self, run_dir: str, fd: int) -> None:
-        self.run_dir, self._fd = run_dir, fd
+    A run that wrote nothing (it failed before its first file) leaves nothing: ``release``
+    removes the lock file, and the directory if this claim created it."""
+
+    def __init__(self, run_dir: str, fd: int, created: bool = False) -> None:
+        self.run_dir, self._fd, self.created = run_dir, fd, created
 
     def release(self) -> None:
         if self._fd is not None:
             _HELD.pop(os.path.realpath(self.run_dir), None)
+            with contextlib.suppress(OSError):
+                if os.listdir(self.run_dir) == [LOCK]:
+                    # unlinked while still held: a process that opens .lock from now on gets
+                    # a new file (and the lock), never ours
+                    os.unlink(os.path.join(self.run_dir, LOCK))
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
+            if self.created:
+                with contextlib.suppress(OSError):  # not empty: another run claimed it
+                    os.rmdir(self.run_dir)
 
 
 def _owner(fd: int) -> str:
@@ -72,6 +84,7 @@ def claim(run_dir: str, resume: bool, overwrite: bool = False) -> RunLock:
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ConfigError(f"the run directory {run_dir} is a file, not a directory; choose "
                           "another with -o")
+    created = not os.path.exists(run_dir)
     try:
         os.makedirs(run_dir, exist_ok=True)
         fd = os.open(os.path.join(run_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
@@ -107,6 +120,6 @@ def claim(run_dir: str, resume: bool, overwrite: bool = False) -> RunLock:
     except ConfigError:
         os.close(fd)
         raise
-    lock = RunLock(run_dir, fd)
+    lock = RunLock(run_dir, fd, created)
     _HELD[os.path.realpath(run_dir)] = lock
     return lock
