@@ -102,7 +102,9 @@ def test_every_grid_is_well_formed(tmp_path):
             assert len({r.name for r in runs}) == len(runs)
             check(exp, runs, str(tmp_path))  # every command line passes main.py's checks
     # defenses: 18 rules x 4 pre-aggregators x 4 attacks, less the 2 x 4 cells no rule can run
-    assert len(grids.get("defenses").runs()) == (18 * 4 - 2) * 4 * 2
+    # (and at CPU size SMEA's 3 unbucketed cells)
+    assert len(grids.get("defenses").runs(full=True)) == (18 * 4 - 2) * 4 * 3
+    assert len(grids.get("defenses").runs()) == (18 * 4 - 2 - 3) * 4 * 2
     # Table 3 of the bucketing paper: 4 rules x 5 attacks x 2 momenta x 3 pre-aggregators.
     assert len(grids.get("attacks").runs()) == 120
     with pytest.raises(ConfigError, match="choose one of: all, attacks"):
