@@ -93,9 +93,11 @@ def plot_curves(path: str, runs, keys, frows, fcols, key="test_accuracy", ylabel
     return True
 
 
-def plot_grid(path_heat: str, path_bars: str, runs, rows, cols, title: str) -> str | None:
-    """Heat map of the seed-mean final accuracy (rows x cols), or bars when there is one column."""
-    rv, cv, vals = cell_table(runs, rows, cols)
+def plot_grid(path_heat: str, path_bars: str, runs, rows, cols, title: str,
+              metric: str = "final_test_accuracy", what: str = "final acc. (%)") -> str | None:
+    """Heat map of the seed-mean ``metric`` (rows x cols), or bars when there is one column;
+    ``what`` labels the scale."""
+    rv, cv, vals = cell_table(runs, rows, cols, metric)
     if not vals:
         return None
     plt = _plt()
@@ -117,7 +119,7 @@ def plot_grid(path_heat: str, path_bars: str, runs, rows, cols, title: str) -> s
                 if not math.isnan(v):
                     ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
                             color="white" if v < 60 else "black")
-        fig.colorbar(im, ax=ax, label="final acc. (%)", shrink=0.9)
+        fig.colorbar(im, ax=ax, label=what, shrink=0.9)
         ax.set_title(title, fontsize=9)
         fig.tight_layout()
         fig.savefig(path_heat, dpi=DPI)
@@ -129,7 +131,7 @@ def plot_grid(path_heat: str, path_bars: str, runs, rows, cols, title: str) -> s
     ax.bar(range(len(rv)), [m for m, _ in ms],
            yerr=[0 if math.isnan(s) else s for _, s in ms], color="tab:blue", capsize=3)
     ax.set_xticks(range(len(rv)), rlabels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("final test accuracy (%)")
+    ax.set_ylabel(what)
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)

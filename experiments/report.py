@@ -22,8 +22,10 @@ import sys
 from typing import Any, Sequence
 
 from experiments.figures import plot_c1c2, plot_curves, plot_grid, plot_selection
-from experiments.grids import EXPERIMENTS
+from experiments.grids import EXPERIMENTS, FINAL, LAST5
+from experiments.paper import PAPER, SOURCE
 from experiments.runlogs import (
+    experiment_of,
     flag_stats,
     grid_order,
     layout_keys,
@@ -36,7 +38,10 @@ from experiments.runlogs import (
     write_csv,
 )
 
-__all__ = ["write_report", "main"]
+__all__ = ["write_report", "main", "VERDICTS"]
+
+#: Hand-written verdicts per experiment (claim by claim, with the runs that show the cause).
+VERDICTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "verdicts")
 
 
 def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
@@ -44,7 +49,7 @@ def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
     exp_dir = os.path.normpath(exp_dir)
     if not os.path.isdir(exp_dir):
         raise FileNotFoundError(f"{exp_dir}: no such experiment directory")
-    name = os.path.basename(exp_dir)
+    name, _ = experiment_of(os.path.basename(exp_dir))
     runs, unfinished = load_runs(exp_dir)
     runs = grid_order(name, runs)
     keys = varying_keys(runs)
@@ -57,8 +62,9 @@ def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
     if runs:
         if plot_curves(os.path.join(exp_dir, "curves.png"), runs, shown, frows, fcols):
             figures.append("curves.png")
+        metric, what = _metric(name)
         g = plot_grid(os.path.join(exp_dir, "heatmap.png"), os.path.join(exp_dir, "bars.png"),
-                      runs, rows, cols, f"{name}: final test accuracy, seed mean")
+                      runs, rows, cols, f"{name}: {what}, seed mean", metric, what)
         if g:
             figures.append(os.path.basename(g))
         if selection and plot_selection(os.path.join(exp_dir, "selection.png"), runs, frows, fcols):
@@ -79,11 +85,29 @@ def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
     return {"runs": len(runs), "unfinished": unfinished, "figures": figures}
 
 
+def _metric(name: str) -> tuple[str, str]:
+    """(summary key, label) of the number an experiment's table shows."""
+    exp = EXPERIMENTS.get(name)
+    if exp and exp.metric == LAST5:
+        return LAST5, "mean of the last 5 evaluations (%)"
+    return FINAL, "final test accuracy (%)"
+
+
+def _verdict(name: str) -> list[str]:
+    """The hand-written verdict of ``experiments/verdicts/<name>.md``, if there is one."""
+    path = os.path.join(VERDICTS, f"{name}.md")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as fh:
+        return [fh.read().strip(), ""]
+
+
 def _markdown(name, runs, unfinished, keys, rows, cols, figures, implied=()) -> str:
     exp = EXPERIMENTS.get(name)
     out = [f"# {name}" + (f": {exp.title}" if exp else ""), ""]
     if exp:
         out += [f"Claim checked: {exp.claim}", ""]
+    out += _verdict(name)
     if not runs:
         return "\n".join(out + ["No finished runs.", ""])
     c = runs[0].config
@@ -97,9 +121,12 @@ def _markdown(name, runs, unfinished, keys, rows, cols, figures, implied=()) -> 
         out += ["Set per cell by the table's keys (values in results.csv): " +
                 ", ".join(implied) + ".", ""]
     worst = bool(exp and exp.layout.worst)
-    out += ["Final test accuracy (%), mean ± std over seeds" +
+    metric, what = _metric(name)
+    paper = PAPER.get(name)
+    out += [what[0].upper() + what[1:-4] + " (%), mean ± std over seeds" +
+            (f"; [the paper's number] ({SOURCE})" if paper else "") +
             (" (last column: the least seed mean over the columns)" if worst else "") + ":", "",
-            markdown_table(runs, rows, cols, worst=worst), ""]
+            markdown_table(runs, rows, cols, metric, worst=worst, paper=paper), ""]
     if any("final_backdoor_accuracy" in r.summary for r in runs):
         bd = [r for r in runs if "final_backdoor_accuracy" in r.summary]
         out += ["Backdoor accuracy (%, share of test 4s classified as 9; lower is better):", "",

@@ -7,12 +7,12 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from common.errors import ConfigError
 from common.run.config import Config
 from common.run.io import read_json, read_metrics
-from experiments.grids import EXPERIMENTS
+from experiments.grids import EXPERIMENTS, FMNIST, LAST5, SIZES
 
 # Config keys that never define a cell: bookkeeping, or per-seed.
 IGNORED = {"output", "progress", "seed", "trial_idx", "data_dir", "device", "grad_path",
@@ -59,9 +59,30 @@ def load_runs(exp_dir: str) -> tuple[list[RunLog], list[str]]:
             continue
         metrics_path = os.path.join(d, "metrics.jsonl")
         metrics = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
+        summary = read_json(os.path.join(d, "summary.json"))
+        last = last_evaluations(metrics)
+        if last:
+            summary[LAST5] = sum(last) / len(last)
         runs.append(RunLog(name, flat_config(read_json(os.path.join(d, "config.json"))),
-                           read_json(os.path.join(d, "summary.json")), metrics))
+                           summary, metrics))
     return runs, unfinished
+
+
+def last_evaluations(metrics: Sequence[dict[str, Any]], k: int = 5) -> list[float]:
+    """The test accuracies of the last ``k`` evaluations (the bucketing paper reports their
+    mean)."""
+    accs = [float(m["test_accuracy"]) for m in metrics if m.get("test_accuracy") is not None]
+    return accs[-k:]
+
+
+def experiment_of(dir_name: str) -> tuple[str, str]:
+    """(experiment name, size) of an experiment directory's name: ``attacks`` -> (attacks,
+    fmnist), ``attacks-digits`` -> (attacks, digits); an unknown name is returned as it is."""
+    for size in SIZES:
+        stem = dir_name[:-len(size) - 1]
+        if size != FMNIST and dir_name.endswith("-" + size) and stem in EXPERIMENTS:
+            return stem, size
+    return dir_name, FMNIST
 
 
 def grid_order(exp_name: str, runs: list[RunLog]) -> list[RunLog]:
@@ -70,8 +91,8 @@ def grid_order(exp_name: str, runs: list[RunLog]) -> list[RunLog]:
     if exp_name not in EXPERIMENTS:
         return runs
     order: dict[str, int] = {}
-    for full in (False, True):
-        for r in EXPERIMENTS[exp_name].runs(full=full, seeds=10):
+    for size in EXPERIMENTS[exp_name].sizes:
+        for r in EXPERIMENTS[exp_name].runs(size, seeds=10):
             order.setdefault(r.name, len(order))
     return sorted(runs, key=lambda r: (order.get(r.name, len(order)), r.name))
 
@@ -172,6 +193,8 @@ def row_of(run: RunLog, keys: Sequence[str]) -> dict[str, Any]:
     row["seed"] = run.seed
     row["final_test_accuracy"] = s.get("final_test_accuracy")
     row["best_test_accuracy"] = s.get("best_test_accuracy")
+    if LAST5 in s:
+        row[LAST5] = round(s[LAST5], 4)
     if "final_backdoor_accuracy" in s:
         row["final_backdoor_accuracy"] = s["final_backdoor_accuracy"]
     row.update(flag_stats(run))
@@ -235,17 +258,30 @@ def cell_table(runs: Sequence[RunLog], rows: Sequence[str], cols: Sequence[str],
     return _ordered(rv), _ordered(cv), vals
 
 
-def markdown_table(runs, rows, cols, metric="final_test_accuracy", worst: bool = False) -> str:
+def markdown_table(runs, rows, cols, metric="final_test_accuracy", worst: bool = False,
+                   paper: Callable[[dict[str, Any]], float | None] | None = None) -> str:
     """The (rows x cols) table of ``metric``, mean ± std over seeds. ``worst``: a last column
-    with each row's least seed mean over the columns and the column that gave it."""
+    with each row's least seed mean over the columns and the column that gave it. ``paper``:
+    maps a cell's config to the paper's number, shown beside ours as ``[paper X]``."""
     rv, cv, vals = cell_table(runs, rows, cols, metric)
+    configs = {}
+    for r in runs:
+        key = (tuple(_hashable(r.config.get(k)) for k in rows),
+               tuple(_hashable(r.config.get(k)) for k in cols))
+        configs.setdefault(key, r.config)
+
+    def cell(r, c) -> str:
+        text = _fmt_ms(vals.get((r, c), []))
+        theirs = paper(configs[(r, c)]) if paper and (r, c) in configs else None
+        return text if theirs is None else f"{text} [{theirs:.1f}]"
+
     head = [SHORT.get(k, k) for k in rows] + [label(cols, c) if cols else metric for c in cv]
     head += ["worst (by)"] if worst else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rv:
         cells = [fmt_value(k, v) if k not in BARE else str(v) for k, v in zip(rows, r)]
         cells = [c.split("=", 1)[-1] for c in cells]
-        cells += [_fmt_ms(vals.get((r, c), [])) for c in cv]
+        cells += [cell(r, c) for c in cv]
         if worst:
             means = [(_mean_std(vals[(r, c)])[0], c) for c in cv if vals.get((r, c))]
             m, c = min(means, key=lambda t: t[0]) if means else (None, None)

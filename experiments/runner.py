@@ -1,9 +1,13 @@
 """Run an experiment grid: every configuration through ``main.main`` (in-process, or in ``-j``
 worker processes), then regenerate ``results.csv``, ``report.md`` and figures.
 
-    python -m experiments.runner                 # the menu
-    python -m experiments.runner noattack -j 2   # one experiment
-    python -m experiments.runner all -j 2 --full # every experiment at paper size
+    python -m experiments.runner                        # the menu
+    python -m experiments.runner noattack -j 2          # one experiment (Fashion-MNIST if installed)
+    python -m experiments.runner noattack --size digits # the quick size
+    python -m experiments.runner all -j 2 --size full   # every experiment at paper size
+
+Runs of the default size (``fmnist``) go to ``outputs/<experiment>/``, the others to
+``outputs/<experiment>-<size>/``.
 
 A run whose directory already holds a ``summary.json`` written for the same configuration is
 skipped (``--force`` reruns it), so an interrupted grid continues where it stopped.
@@ -17,12 +21,13 @@ import sys
 import time
 from typing import Sequence
 
-from common.errors import ConfigError
+from common.data.datasets import fashionmnist_installed
+from common.errors import ConfigError, unknown_name
 from common.run.config import Config, validate
 from common.run.flags import parse_args
 from common.run.io import read_json
 from experiments import report
-from experiments.grids import ALL, Experiment, Run, get, menu
+from experiments.grids import ALL, DIGITS, FMNIST, FULL, SIZES, Experiment, Run, get, menu
 from main import main as main_py
 
 
@@ -72,17 +77,29 @@ def check(exp: Experiment, runs: list[Run], out_root: str) -> None:
             raise ConfigError(f"experiment {exp.name} cannot run yet ({r.name}): {e}") from None
 
 
-def run_experiment(exp: Experiment, *, full: bool = False, jobs: int = 1, seeds: int | None = None,
+def experiment_dir(out_root: str, name: str, size: str) -> str:
+    """Where an experiment's runs of ``size`` go: ``<out_root>/<name>`` for the default size,
+    ``<out_root>/<name>-<size>`` for the others."""
+    return os.path.join(out_root, name if size == FMNIST else f"{name}-{size}")
+
+
+def default_size() -> str:
+    """``fmnist`` where the Debian package's Fashion-MNIST is installed, else ``digits``."""
+    return FMNIST if fashionmnist_installed() else DIGITS
+
+
+def run_experiment(exp: Experiment, *, size: str = DIGITS, jobs: int = 1, seeds: int | None = None,
                    rounds: int | None = None, force: bool = False, out_root: str = "outputs",
                    quiet: bool = False) -> str:
-    """Run every configuration of ``exp`` and write its report; returns outputs/<experiment>."""
-    exp_dir = os.path.join(out_root, exp.name)
-    runs = exp.runs(full=full, seeds=seeds, rounds=rounds)
+    """Run every configuration of ``exp`` at ``size`` and write its report; returns the
+    experiment's directory (:func:`experiment_dir`)."""
+    exp_dir = experiment_dir(out_root, exp.name, size)
+    runs = exp.runs(size, seeds=seeds, rounds=rounds)
     check(exp, runs, out_root)
     os.makedirs(exp_dir, exist_ok=True)
     jobs_ = [(r.name, r.argv(os.path.join(exp_dir, r.name)), force) for r in runs]
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    say(f"== {exp.name}: {len(runs)} runs{' (FULL)' if full else ''}, {jobs} in parallel -> {exp_dir}")
+    say(f"== {exp.name} ({size}): {len(runs)} runs, {jobs} in parallel -> {exp_dir}")
     t0 = time.time()
     failed = []
     if jobs <= 1:
@@ -118,8 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("name", nargs="?", help="experiment name or 'all' (none: list them)")
     p.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("J", "1")),
                    help="configurations run in parallel (default $J or 1)")
-    p.add_argument("--full", action="store_true", default=os.environ.get("FULL", "0") == "1",
-                   help="paper-sized setting (default $FULL=1)")
+    p.add_argument("--size", default=os.environ.get("SIZE"),
+                   help=f"{' | '.join(SIZES)} (default $SIZE; FULL=1 means full; otherwise "
+                   "fmnist where Fashion-MNIST is installed, else digits)")
     p.add_argument("--seeds", type=int, default=int(os.environ["SEEDS"]) if os.environ.get("SEEDS") else None,
                    help="seeds per configuration (default: the experiment's; $SEEDS)")
     p.add_argument("--rounds", type=int,
@@ -130,25 +148,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT", "outputs"), help="output root ($OUT)")
     ns = p.parse_args(argv)
     if not ns.name:
-        print("usage: bash run.sh NAME|all [-j N]   (FULL=1 for the paper-sized setting)\n")
+        print("usage: bash run.sh NAME|all [-j N]   (SIZE=digits for the quick size, FULL=1 for "
+              "the paper's)\n")
         print("experiments:\n" + menu())
         return 0
     try:
+        size = ns.size or (FULL if os.environ.get("FULL", "0") == "1" else None)
+        if size is None:
+            size = default_size()
+            if size == DIGITS:
+                print("note: Fashion-MNIST is not installed (apt-get install "
+                      "dataset-fashion-mnist): running the quick digits size", file=sys.stderr)
+        if size not in SIZES:
+            raise unknown_name("size", size, SIZES)
         if ns.jobs < 1:
             raise ConfigError(f"-j must be >= 1, got {ns.jobs}")
         if ns.seeds is not None and ns.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {ns.seeds}")
         if ns.rounds is not None and ns.rounds < 1:
             raise ConfigError(f"--rounds must be >= 1, got {ns.rounds}")
-        names = ALL if ns.name == "all" else [ns.name]
-        exps = [get(n) for n in names]
+        exps = ([get(n) for n in ALL if size in get(n).sizes] if ns.name == "all"
+                else [get(ns.name)])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     status = 0
     for exp in exps:
         try:
-            run_experiment(exp, full=ns.full, jobs=ns.jobs, seeds=ns.seeds, rounds=ns.rounds,
+            run_experiment(exp, size=size, jobs=ns.jobs, seeds=ns.seeds, rounds=ns.rounds,
                            force=ns.force, out_root=ns.out)
         except ConfigError as e:
             # `all` keeps going past an experiment whose feature is not available.

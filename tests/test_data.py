@@ -299,6 +299,15 @@ def test_longtail_fractions():
     assert torch.equal(keep, longtail_indices(y, gen()))
     shards = partition(y[keep], 4, "longtail", gen())
     assert covers_once(shards, len(keep))
+    # longtail:noniid: the kept samples sorted by label, as noniid (the paper's Table 1)
+    assert parse_scheme("longtail:noniid") == ("longtail", "noniid")
+    assert parse_scheme("longtail:iid") == ("longtail", "iid")
+    sorted_shards = partition(y[keep], 4, "longtail:noniid", gen())
+    expected = partition(y[keep], 4, "noniid", gen())
+    assert all(torch.equal(a, b) for a, b in zip(sorted_shards, expected))
+    assert len(torch.unique(y[keep][sorted_shards[0]])) == 1  # class 0 alone fills the first block
+    with pytest.raises(ConfigError, match="longtail:noniid"):
+        parse_scheme("longtail:sorted")
 
 
 def test_mimic2_layout(digits):

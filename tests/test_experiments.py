@@ -96,19 +96,60 @@ def test_every_grid_is_well_formed(tmp_path):
     from experiments.runner import check
 
     for exp in grids.EXPERIMENTS.values():
-        for full in (False, True):
-            runs = exp.runs(full=full)
+        for size in exp.sizes:
+            runs = exp.runs(size)
             assert runs, exp.name
             assert len({r.name for r in runs}) == len(runs)
             check(exp, runs, str(tmp_path))  # every command line passes main.py's checks
+            for r in runs:  # a grid never leans on the command line's defaults
+                assert {"partition", "attack", "pre", "momentum", "lr"} <= set(r.flags), r.name
     # defenses: 18 rules x 4 pre-aggregators x 4 attacks, less the 2 x 4 cells no rule can run
-    # (and at CPU size SMEA's 3 unbucketed cells)
-    assert len(grids.get("defenses").runs(full=True)) == (18 * 4 - 2) * 4 * 3
+    # (and below FULL SMEA's 3 unbucketed cells)
+    assert len(grids.get("defenses").runs("full")) == (18 * 4 - 2) * 4 * 3
     assert len(grids.get("defenses").runs()) == (18 * 4 - 2 - 3) * 4 * 2
-    # Table 3 of the bucketing paper: 4 rules x 5 attacks x 2 momenta x 3 pre-aggregators.
-    assert len(grids.get("attacks").runs()) == 120
+    # Table 3 of the bucketing paper: 4 rules x 5 attacks x 2 momenta x 3 pre-aggregators, and
+    # the no-attack reference at both momenta; 3 seeds on Fashion-MNIST.
+    assert len(grids.get("attacks").runs()) == (120 + 2) * 3
+    assert len(grids.get("attacks").runs("digits")) == 120 + 2
+    with pytest.raises(ConfigError, match="no full size; it has: fmnist"):
+        grids.get("attacks_cnn").runs("full")
     with pytest.raises(ConfigError, match="choose one of: all, attacks"):
         grids.get("tabel3")
+
+
+def test_paper_numbers_beside_ours_and_last5(tmp_path):
+    from experiments import paper, report
+
+    # T-C, beta 0.9: RFA under IPM 11.3 -> 96.2 with bucketing; NNM and the oracle have none.
+    cell = {"agg": "rfa", "momentum": 0.9, "attack": "ipm", "pre": "none"}
+    assert paper.paper_value("attacks", cell) == 11.3
+    assert paper.paper_value("attacks", {**cell, "pre": "bucketing:2"}) == 96.2
+    assert paper.paper_value("attacks", {**cell, "pre": "nnm"}) is None
+    assert paper.paper_value("noattack", {"agg": "cm", "partition": "longtail:noniid",
+                                          "pre": "none", "num_byzantine": 0}) == 80.36
+    assert paper.paper_value("cclip_n53", {"agg": "cclip", "attack": "ipm", "momentum": 0.0,
+                                           "num_byzantine": 12, "pre": "bucketing:2"}) == 92.9
+    assert runlogs.experiment_of("attacks-digits") == ("attacks", "digits")
+    assert runlogs.experiment_of("attacks") == ("attacks", "fmnist")
+    assert runlogs.experiment_of("mine-digits") == ("mine-digits", "fmnist")
+    # last5: the mean of the last five evaluations, in the table of the experiments that ask
+    exp_dir = tmp_path / "attacks-digits"
+    for pre, accs in (("none", [10, 20, 30, 40, 50, 60]), ("bucketing:2", [90] * 6)):
+        d = exp_dir / f"pre-{pre}"
+        d.mkdir(parents=True)
+        cfg = {**grids.get("attacks").runs("digits")[0].flags, "agg": "rfa", "attack": "ipm",
+               "momentum": 0.9, "pre": pre}
+        (d / "config.json").write_text(json.dumps(cfg))
+        (d / "summary.json").write_text(json.dumps({"final_test_accuracy": accs[-1],
+                                                    "best_test_accuracy": max(accs)}))
+        (d / "metrics.jsonl").write_text("".join(
+            json.dumps({"round": 5 * i, "test_accuracy": a}) + "\n" for i, a in enumerate(accs)))
+    report.write_report(str(exp_dir), quiet=True)
+    md = (exp_dir / "report.md").read_text()
+    assert "| none | 40.0 [11.3] |" in md and "| bucketing:2 | 90.0 [96.2] |" in md
+    assert "Mean of the last 5 evaluations (%)" in md
+    rows = _read_csv(str(exp_dir / "results.csv"))
+    assert [float(r["last5_test_accuracy"]) for r in rows] == [90.0, 40.0]
 
 
 def test_cli_menu_and_bad_name(capsys):
@@ -119,9 +160,9 @@ def test_cli_menu_and_bad_name(capsys):
 
 
 def test_implied_flags_stay_out_of_names_and_table(tmp_path):
-    exp = grids.get("diversefl_fmnist")
+    exp = grids.get("diversefl")
     runs = exp.runs()
-    assert len(runs) == 2 * 3 * 6 * 2  # models x attacks x rules x seeds
+    assert len(runs) == 2 * 3 * 6 * 3  # models x attacks x rules x seeds
     by_name = {r.name: r.flags for r in runs}
     mlp_bd = by_name["model-mlp__attack-backdoor__agg-rsa__seed-1"]
     assert (mlp_bd["partition"], mlp_bd["byz_schedule"], mlp_bd["lr"], mlp_bd["lr_milestones"],
@@ -129,11 +170,10 @@ def test_implied_flags_stay_out_of_names_and_table(tmp_path):
     soft_lf = by_name["model-softmax__attack-labelflip__agg-cm__seed-0"]
     assert (soft_lf["partition"], soft_lf["byz_schedule"], soft_lf["weight_decay"]) == (
         "noniid", "random", 0.0067) and "rsa_delta" not in soft_lf
-    assert grids.get("diversefl_fmnist").runs(full=True)[-1].flags["lr_milestones"] == (500, 950)
 
     def log(model, attack, agg, seed, acc):
         cell = {"model": model, "attack": attack, "agg": agg}
-        config = {"rsa_delta": 0.2635, **cell, **grids._diversefl_fmnist_implied(cell, False),
+        config = {"rsa_delta": 0.2635, **cell, **grids._diversefl_implied(cell, "fmnist"),
                   "seed": seed}  # a run's config.json holds every field
         return runlogs.RunLog(grids.run_name(cell, seed), config, {"final_test_accuracy": acc}, [])
 
@@ -142,9 +182,9 @@ def test_implied_flags_stay_out_of_names_and_table(tmp_path):
     keys = runlogs.varying_keys(logs)
     assert {"lr", "partition", "byz_schedule", "rsa_delta"} <= set(keys)
     assert runlogs.determined(logs, "lr", ["model"]) and not runlogs.determined(logs, "lr", ["agg"])
-    shown = runlogs.table_keys(logs, keys, runlogs.layout_keys("diversefl_fmnist"))
+    shown = runlogs.table_keys(logs, keys, runlogs.layout_keys("diversefl"))
     assert shown == [k for k in keys if k in ("model", "attack", "agg", "partition", "byz_schedule")]
-    rows, cols, *_ = runlogs.resolve_layout("diversefl_fmnist", shown)
+    rows, cols, *_ = runlogs.resolve_layout("diversefl", shown)
     table = runlogs.markdown_table(logs, rows, cols).splitlines()
     assert table[0] == "| model | agg | labelflip, noniid, sched=random | backdoor, shards:2, sched=markov |"
     assert table[2] == "| softmax | cm | 50.5 ± 0.7 | 50.5 ± 0.7 |"

@@ -188,6 +188,12 @@ def _load_digits(data_dir: str | None) -> Dataset:
                    prep(test_idx), torch.from_numpy(y[test_idx]), 10, (1, 8, 8))
 
 
+def fashionmnist_installed() -> bool:
+    """True if the Debian package's Fashion-MNIST IDX files are present (the experiment grids'
+    default size needs them)."""
+    return _find_idx_dir([FASHION_MNIST_SYSTEM_DIR]) is not None
+
+
 def _load_fashionmnist(data_dir: str | None) -> Dataset:
     candidates = []
     if data_dir:

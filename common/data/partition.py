@@ -28,8 +28,9 @@ Schemes (``--partition``):
   classes; under the condition above such a swap always exists and never breaks another worker.
   Otherwise the workers no swap can fix keep their draw (no split avoids them). K = 1: one random
   shard per worker (1-2 classes, like ``noniid`` with the blocks dealt at random).
-- ``longtail``: the caller first keeps only :func:`longtail_indices` of the train and test sets
-  (class c keeps a 0.5**c fraction); the remaining training samples are then split iid.
+- ``longtail`` / ``longtail:noniid``: the caller first keeps only :func:`longtail_indices` of the
+  train and test sets (class c keeps a 0.5**c fraction); the remaining training samples are then
+  split iid, or sorted by label as ``noniid`` (the bucketing paper's Table 1 runs both).
 
 :func:`mimic2_layout` builds the two-dataset layout of the ``mimic2`` attack.
 
@@ -49,12 +50,12 @@ import torch
 from common.errors import ConfigError
 
 SCHEME_HELP = ("iid, noniid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5), "
-               "shards:K (integer K >= 1, e.g. shards:2), longtail")
+               "shards:K (integer K >= 1, e.g. shards:2), longtail, longtail:noniid")
 
 
 def parse_scheme(scheme: str) -> tuple[str, float | int | None]:
     """``'dirichlet:0.5'`` -> ``('dirichlet', 0.5)``; ``'shards:2'`` -> ``('shards', 2)``;
-    ``'iid'`` -> ``('iid', None)``.
+    ``'iid'`` -> ``('iid', None)``; ``'longtail:noniid'`` -> ``('longtail', 'noniid')``.
 
     Accepts the aliases ``non-iid``/``non_iid`` and ``dir:ALPHA``. Raises ConfigError otherwise.
     """
@@ -63,6 +64,8 @@ def parse_scheme(scheme: str) -> tuple[str, float | int | None]:
     kind = {"non-iid": "noniid", "non_iid": "noniid", "dir": "dirichlet"}.get(kind, kind)
     if kind in ("iid", "noniid", "longtail") and not sep:
         return kind, None
+    if kind == "longtail" and arg in ("iid", "noniid", "non-iid", "non_iid"):
+        return "longtail", ("iid" if arg == "iid" else "noniid")
     if kind == "dirichlet" and sep:
         try:
             alpha = float(arg)
@@ -110,7 +113,9 @@ def partition(labels: torch.Tensor, num_shards: int, scheme: str,
     kind, arg = parse_scheme(scheme)
     labels = torch.as_tensor(labels).long()
     _check(labels, num_shards)
-    if kind in ("iid", "longtail"):
+    if kind == "longtail":
+        kind = arg or "iid"
+    if kind == "iid":
         return iid_split(len(labels), num_shards, generator)
     if kind == "noniid":
         return _even_split(_label_order(labels, generator), num_shards)

@@ -183,7 +183,7 @@ class Sign(Protocol):
         votes = [a.name for a in ATTACKS.values() if a.on_votes]
         require(ATTACKS.get(cfg.attack).on_votes, f"--agg {agg}: attack '{cfg.attack}' does not act "
              f"on sign votes; choose one of: {', '.join(votes)}")
-        require(parse_scheme(cfg.partition)[0] in ("iid", "longtail"),
+        require(parse_scheme(cfg.partition) in (("iid", None), ("longtail", None), ("longtail", "iid")),
              f"--agg {agg} draws each round's global minibatch from the whole training set "
              f"and G assigns its slices; --partition {cfg.partition} does not apply (use iid)")
         require(cfg.batch_size >= n, f"--batch_size is the global minibatch cut into n slices; "

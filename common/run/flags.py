@@ -97,7 +97,8 @@ def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
                    help="directory holding the dataset files (default: standard locations)")
     g.add_argument("--partition", default=d.partition,
                    help="iid | noniid | dirichlet:ALPHA | shards:K (K label-sorted shards per "
-                   "worker, at least 2 classes each for K >= 2) | longtail")
+                   "worker, at least 2 classes each for K >= 2) | longtail | longtail:noniid (class c keeps "
+                   "0.5**c of its samples, then iid or sorted-label split)")
     g.add_argument("--noniid", action="store_const", const="noniid", dest="partition",
                    help="same as --partition noniid")
     g.add_argument("--iid", action="store_const", const="iid", dest="partition",
@@ -312,7 +313,7 @@ def list_choices(detail: bool = True) -> str:
     lines = [
         "datasets:        " + ", ".join(datasets.dataset_names()),
         "models:          " + ", ".join(models.model_names()),
-        "partitions:      iid, noniid, dirichlet:ALPHA, shards:K, longtail",
+        "partitions:      iid, noniid, dirichlet:ALPHA, shards:K, longtail, longtail:noniid",
         "byz schedules:   " + ", ".join(BYZ_SCHEDULES),
         "lr schedules:    " + ", ".join(LR_SCHEDULES),
         "momentum styles: " + ", ".join(MOMENTUM_STYLES) + "  (default heavyball)",

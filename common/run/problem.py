@@ -62,8 +62,7 @@ def _split(cfg: Config, labels: Tensor, num_classes: int) -> list[Tensor]:
     layout = ATTACKS.get(cfg.attack).data_layout(labels, n - f, f, num_classes, g)
     if layout is not None:
         return layout
-    kind, _ = parse_scheme(cfg.partition)
-    scheme = "iid" if kind == "longtail" else cfg.partition
+    scheme = cfg.partition
     if cfg.byz_schedule == "fixed":
         return partition(labels, n - f, scheme, g) + [everything] * f
     return partition(labels, n, scheme, g)
