@@ -141,6 +141,48 @@ def plot_grid(path_heat: str, path_bars: str, runs, rows, cols, title: str,
     return path_bars
 
 
+def plot_worst(path: str, panels: dict, rows, cols, frows, fcols, over, title: str,
+               what: str) -> bool:
+    """Heat maps of the worst case (rows x cols), one panel per facet value (facet_rows down,
+    facet_cols across), each cell its value and what gave it. ``panels``: facet value -> {rows +
+    cols values: :class:`~experiments.worst.Worst`} (:func:`experiments.worst.panels`)."""
+    if not panels:
+        return False
+    plt = _plt()
+    nfr = len(frows)
+    fr = _ordered(f[:nfr] for f in panels)
+    fc = _ordered(f[nfr:] for f in panels)
+    rv = _ordered(g[:len(rows)] for cells in panels.values() for g in cells)
+    cv = _ordered(g[len(rows):] for cells in panels.values() for g in cells)
+    fig, axes = plt.subplots(len(fr), len(fc), squeeze=False,
+                             figsize=(len(fc) * (1.3 + 0.8 * len(cv)) + 1.2,
+                                      len(fr) * (0.7 + 0.36 * len(rv)) + 0.6))
+    im = None
+    for i, a in enumerate(fr):
+        for j, b in enumerate(fc):
+            ax, cells = axes[i][j], panels.get(a + b, {})
+            grid = [[cells[r + c].value if r + c in cells else float("nan") for c in cv]
+                    for r in rv]
+            im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+            for y, r in enumerate(rv):
+                for x, c in enumerate(cv):
+                    w = cells.get(r + c)
+                    if w is not None:  # the value, the first attack that gave it, +ties
+                        ties = f" +{len(w.by) - 1}" if len(w.by) > 1 else ""
+                        ax.text(x, y, f"{w.value:.0f}\n{label(over, w.by[0])}{ties}", ha="center",
+                                va="center", fontsize=6, color="white" if w.value < 60 else "black")
+            ax.set_xticks(range(len(cv)), [label(cols, c) for c in cv], fontsize=7)
+            ax.set_yticks(range(len(rv)), [label(rows, r) for r in rv] if j == 0 else [],
+                          fontsize=7)
+            ax.set_title(label(frows + fcols, a + b), fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.93, 0.97))
+    fig.colorbar(im, ax=axes, label=what, shrink=0.6, fraction=0.03)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return True
+
+
 def selected_workers(record: dict, n: int) -> list[int]:
     """Workers behind the rows a selecting rule chose in one round.
 

@@ -27,6 +27,7 @@ from experiments.spec import (  # noqa: F401 - re-exported: the experiments' dat
     FULL,
     LAST5,
     NEUTRAL,
+    PEAK,
     SIZES,
     Experiment,
     Flags,
@@ -35,6 +36,7 @@ from experiments.spec import (  # noqa: F401 - re-exported: the experiments' dat
     product,
     run_name,
 )
+from experiments.worstcase import worstcase_experiments
 
 # ----------------------------------------------------------------------------------------------
 # Shared settings
@@ -350,6 +352,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         Layout(rows=("agg", "pre"), cols=("attack",), facet_rows=("attack",), facet_cols=("pre",),
                worst=True),
         seeds=(1, 2, 3)),
+    # -- worst case (issue 18): experiments/worstcase.py
+    *worstcase_experiments(_defenses_base, RULES, DEFENSE_RULES),
 ]}
 
 # Order of `bash run.sh all` (smoke is only a pipeline check).

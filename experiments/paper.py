@@ -1,17 +1,18 @@
-"""The bucketing paper's own numbers, for the reports' side-by-side columns.
+"""The bucketing paper's own numbers, for the reports' side-by-side columns, and ByzFL's
+worst-case heat maps beside the worst-case tables of ``worstcase_byzfl`` (:data:`WORST`).
 
 Source: ``shared/PAPER_TABLES.md`` (the committed result files of the paper's official code,
 epfml/byzantine-robust-noniid-optimizer): MNIST, the small CNN, batch 32, lr 0.01, heavy-ball
 worker momentum, test accuracy (%) averaged over the last 5 evaluations (every 30 iterations),
 mean over 3 seeds. Each table maps a cell of an experiment (its config values) to the paper's
 number; :func:`paper_value` looks one up. Cells the paper did not run (NNM, TrMean, our extra
-rules) have none.
+rules) have none. ByzFL's numbers are read off its published heat maps (two digits).
 """
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PAPER", "paper_value", "SOURCE"]
+__all__ = ["PAPER", "paper_value", "SOURCE", "WORST", "source_of"]
 
 SOURCE = ("Karimireddy, He, Jaggi, ICLR 2022 (the bucketing paper), MNIST CNN, its official "
           "code's result files")
@@ -99,6 +100,34 @@ def _cclip_n53(cell: dict[str, Any]) -> float | None:
 #: experiment name -> (cell config -> the paper's number or None)
 PAPER = {"noattack": _noattack, "mimic": _mimic, "attacks": _attacks, "attacks_cnn": _attacks,
          "cclip_n53": _cclip_n53}
+
+BYZFL_SOURCE = ("ByzFL's benchmark heat maps (LPD-EPFL/byzfl at 69bd1ac, docs/_static/"
+                "plots_example/TM_test_heatmap.png, GM_test_heatmap.png): MNIST, its CNN, 10 "
+                "honest clients, Clipping (C = 2) + NNM, lr 0.1, momentum 0.9, 800 steps, 3 "
+                "seeds; the least over SignFlipping, Opt-IPM and Opt-ALIE of the highest "
+                "seed-mean test accuracy")
+# ByzFL's worst case (%): (rule, extreme non-iid) -> f = 1, 2, 3, 4 (its heat maps' 0.98 ...)
+_BYZFL = {("trmean", False): (98, 98, 98, 98), ("trmean", True): (87, 61, 26, 21),
+          ("rfa", False): (98, 98, 98, 97), ("rfa", True): (87, 56, 26, 27)}
+
+
+def _byzfl(cell: dict[str, Any]) -> float | None:
+    agg = "rfa" if cell.get("agg") == "gm" else cell.get("agg")
+    noniid = {"iid": False, "noniid": True}.get(cell.get("partition"))
+    row, f = _BYZFL.get((agg, noniid)), cell.get("num_byzantine")
+    if row is None or f not in (1, 2, 3, 4) or cell.get("pre") != "clip:2,nnm":
+        return None
+    return float(row[f - 1])
+
+
+#: experiment name -> (a worst-case cell's config -> the reference's worst case or None)
+WORST = {"worstcase_byzfl": _byzfl}
+_SOURCES = {"worstcase_byzfl": BYZFL_SOURCE}
+
+
+def source_of(experiment: str) -> str:
+    """Where the numbers beside ``experiment``'s come from."""
+    return _SOURCES.get(experiment, SOURCE)
 
 
 def paper_value(experiment: str, cell: dict[str, Any]) -> float | None:

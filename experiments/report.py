@@ -21,9 +21,10 @@ import os
 import sys
 from typing import Any, Sequence
 
-from experiments.figures import plot_c1c2, plot_curves, plot_grid, plot_selection
-from experiments.grids import EXPERIMENTS, FINAL, LAST5
-from experiments.paper import PAPER, SOURCE
+from experiments import worst
+from experiments.figures import plot_c1c2, plot_curves, plot_grid, plot_selection, plot_worst
+from experiments.grids import EXPERIMENTS, FINAL, FMNIST, LAST5, PEAK
+from experiments.paper import PAPER, WORST, source_of
 from experiments.runlogs import (
     experiment_of,
     flag_stats,
@@ -49,7 +50,7 @@ def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
     exp_dir = os.path.normpath(exp_dir)
     if not os.path.isdir(exp_dir):
         raise FileNotFoundError(f"{exp_dir}: no such experiment directory")
-    name, _ = experiment_of(os.path.basename(exp_dir))
+    name, size = experiment_of(os.path.basename(exp_dir))
     runs, unfinished = load_runs(exp_dir)
     runs = grid_order(name, runs)
     keys = varying_keys(runs)
@@ -57,9 +58,22 @@ def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
     rows, cols, frows, fcols, selection = resolve_layout(name, shown)
     csv_rows = [row_of(r, keys) for r in runs]
     write_csv(os.path.join(exp_dir, "results.csv"), csv_rows)
+    exp = EXPERIMENTS.get(name)
+    worst_lay = exp.layout if exp and exp.layout.worst_over else None
 
     figures = []
-    if runs:
+    if runs and worst_lay:
+        # thousands of runs: the worst-case heat map and table per cell, no curves
+        metric, what = _metric(name)
+        w_rows, w_cols, w_frows, w_fcols, over = worst.worst_layout(worst_lay, shown)
+        if plot_worst(os.path.join(exp_dir, "heatmap.png"),
+                      worst.panels(runs, w_rows, w_cols, w_frows, w_fcols, over, metric),
+                      w_rows, w_cols, w_frows, w_fcols, over,
+                      f"{name}: worst case over {', '.join(over)}", what):
+            figures.append("heatmap.png")
+        worst.write_worst_csv(os.path.join(exp_dir, "worstcase.csv"), runs, worst_lay, shown,
+                              metric)
+    elif runs:
         if plot_curves(os.path.join(exp_dir, "curves.png"), runs, shown, frows, fcols):
             figures.append("curves.png")
         metric, what = _metric(name)
@@ -75,7 +89,7 @@ def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
             figures.append("c1c2.png")
 
     md = _markdown(name, runs, unfinished, keys, rows, cols, figures,
-                   [k for k in keys if k not in shown])
+                   [k for k in keys if k not in shown], shown, size)
     with open(os.path.join(exp_dir, "report.md"), "w") as fh:
         fh.write(md)
     if not quiet:
@@ -90,6 +104,8 @@ def _metric(name: str) -> tuple[str, str]:
     exp = EXPERIMENTS.get(name)
     if exp and exp.metric == LAST5:
         return LAST5, "mean of the last 5 evaluations (%)"
+    if exp and exp.metric == PEAK:
+        return PEAK, "highest evaluation of the test accuracy (%)"
     return FINAL, "final test accuracy (%)"
 
 
@@ -102,7 +118,8 @@ def _verdict(name: str) -> list[str]:
         return [fh.read().strip(), ""]
 
 
-def _markdown(name, runs, unfinished, keys, rows, cols, figures, implied=()) -> str:
+def _markdown(name, runs, unfinished, keys, rows, cols, figures, implied=(), shown=(),
+              size=FMNIST) -> str:
     exp = EXPERIMENTS.get(name)
     out = [f"# {name}" + (f": {exp.title}" if exp else ""), ""]
     if exp:
@@ -120,13 +137,23 @@ def _markdown(name, runs, unfinished, keys, rows, cols, figures, implied=()) -> 
     if implied:
         out += ["Set per cell by the table's keys (values in results.csv): " +
                 ", ".join(implied) + ".", ""]
-    worst = bool(exp and exp.layout.worst)
     metric, what = _metric(name)
-    paper = PAPER.get(name)
+    if exp and exp.layout.worst_over:
+        # the worst-case sections, then every run's number: rows down to the last key, the
+        # worst_over keys across
+        skipped = exp.skipped(size) if exp.skipped and size in exp.sizes else []
+        out += worst.sections(runs, exp.layout, shown, metric, skipped, WORST.get(name),
+                              source_of(name))
+        w_rows, w_cols, w_frows, w_fcols, cols = worst.worst_layout(exp.layout, shown)
+        rows = w_frows + w_fcols + w_rows + w_cols
+        out += [f"## Every {', '.join(cols) or 'run'}", "",
+                "Per cell (worst case, which, every value): worstcase.csv.", ""]
+    worst_col = bool(exp and (exp.layout.worst or exp.layout.worst_over))
+    paper = None if exp and exp.layout.worst_over else PAPER.get(name)
     out += [what[0].upper() + what[1:-4] + " (%), mean ± std over seeds" +
-            (f"; [the paper's number] ({SOURCE})" if paper else "") +
-            (" (last column: the least seed mean over the columns)" if worst else "") + ":", "",
-            markdown_table(runs, rows, cols, metric, worst=worst, paper=paper), ""]
+            (f"; [the paper's number] ({source_of(name)})" if paper else "") +
+            (" (last column: the least seed mean over the columns)" if worst_col else "") + ":",
+            "", markdown_table(runs, rows, cols, metric, worst=worst_col, paper=paper), ""]
     if any("final_backdoor_accuracy" in r.summary for r in runs):
         bd = [r for r in runs if "final_backdoor_accuracy" in r.summary]
         out += ["Backdoor accuracy (%, share of test 4s classified as 9; lower is better):", "",

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 from common.errors import ConfigError
 from common.run.config import Config
 from common.run.io import read_json, read_metrics
-from experiments.grids import EXPERIMENTS, FMNIST, LAST5, SIZES
+from experiments.grids import EXPERIMENTS, FMNIST, LAST5, PEAK, SIZES
 
 # Config keys that never define a cell: bookkeeping, or per-seed.
 IGNORED = {"output", "progress", "seed", "trial_idx", "data_dir", "device", "grad_path",
@@ -63,6 +63,8 @@ def load_runs(exp_dir: str) -> tuple[list[RunLog], list[str]]:
         last = last_evaluations(metrics)
         if last:
             summary[LAST5] = sum(last) / len(last)
+        if "best_test_accuracy" in summary:  # a single run's peak (worst.peak_of_mean: seeds')
+            summary[PEAK] = summary["best_test_accuracy"]
         runs.append(RunLog(name, flat_config(read_json(os.path.join(d, "config.json"))),
                            summary, metrics))
     return runs, unfinished
@@ -258,6 +260,11 @@ def cell_table(runs: Sequence[RunLog], rows: Sequence[str], cols: Sequence[str],
     return _ordered(rv), _ordered(cv), vals
 
 
+def key_cells(keys: Sequence[str], values: Sequence[Any]) -> list[str]:
+    """A table row's leading cells: each key's value as the header names it (``0.9``, ``cm``)."""
+    return [fmt_value(k, v).split("=", 1)[-1] for k, v in zip(keys, values)]
+
+
 def markdown_table(runs, rows, cols, metric="final_test_accuracy", worst: bool = False,
                    paper: Callable[[dict[str, Any]], float | None] | None = None) -> str:
     """The (rows x cols) table of ``metric``, mean ± std over seeds. ``worst``: a last column
@@ -279,9 +286,7 @@ def markdown_table(runs, rows, cols, metric="final_test_accuracy", worst: bool =
     head += ["worst (by)"] if worst else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rv:
-        cells = [fmt_value(k, v) if k not in BARE else str(v) for k, v in zip(rows, r)]
-        cells = [c.split("=", 1)[-1] for c in cells]
-        cells += [cell(r, c) for c in cv]
+        cells = key_cells(rows, r) + [cell(r, c) for c in cv]
         if worst:
             means = [(_mean_std(vals[(r, c)])[0], c) for c in cv if vals.get((r, c))]
             m, c = min(means, key=lambda t: t[0]) if means else (None, None)

@@ -18,6 +18,9 @@ SIZES = (DIGITS, FMNIST, FULL)
 DIGITS_CCLIP_TAU = 0.5
 LAST5 = "last5_test_accuracy"
 FINAL = "final_test_accuracy"
+# ByzFL's heat-map number: the highest evaluation of the accuracy curve averaged over the seeds
+# (per run: its best evaluation).
+PEAK = "peak_test_accuracy"
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,13 @@ class Layout:
     facet_rows/facet_cols: the subplot grid of the accuracy-vs-round figure; every other varying
     key becomes one line per subplot. selection: draw Krum's selection histogram. worst: the
     table's last column is each row's worst case over the columns (e.g. attacks).
+
+    worst_over: keys the report takes the worst case over (e.g. the attack): one rows x cols
+    table and heat-map panel per facet value (facet_rows x facet_cols), each cell the least
+    seed mean over these keys' values and which gave it; a headline table (rows and facet_cols
+    against facet_rows, the worst over worst_over and cols); curves are not drawn. versus:
+    pairs (attack, fixed attacks) of worst_over values: the cells where the first ends below
+    the best of the others.
     """
 
     rows: tuple[str, ...]
@@ -36,6 +46,8 @@ class Layout:
     facet_cols: tuple[str, ...] = ()
     selection: bool = False
     worst: bool = False
+    worst_over: tuple[str, ...] = ()
+    versus: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,9 @@ class Experiment:
     # layout's keys determine them.
     implied: Callable[[Flags, str], Flags] | None = None
     sizes: tuple[str, ...] = SIZES  # the sizes this experiment has
-    metric: str = FINAL  # the number the report's table shows (summary key or LAST5)
+    metric: str = FINAL  # the number the report's table shows (summary key, LAST5 or PEAK)
+    # size -> the cells the grid leaves out and why (the report lists them)
+    skipped: Callable[[str], list[tuple[Flags, str]]] | None = None
 
     def runs(self, size: str = FMNIST, seeds: int | None = None,
              rounds: int | None = None) -> list[Run]:

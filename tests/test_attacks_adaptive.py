@@ -18,7 +18,7 @@ from common.attacks import AttackInput, Defense, make_attack
 from common.attacks.fang import fang_bounds
 from common.attacks.minmax import PERTURBATIONS, minmax_vector, minsum_vector, perturbation
 from common.attacks.omniscient import alie_vector
-from common.attacks.optimal import defense_distance, line_search
+from common.attacks.optimal import defense_distance, line_search, unsupported
 from common.errors import ConfigError
 from common.run.config import Config, validate
 
@@ -82,6 +82,10 @@ def test_opt_attacks_refuse_what_a_worker_cannot_evaluate():
                      num_byzantine=2)
         with pytest.raises(ConfigError, match="opt-alie evaluates the server's rule"):
             validate(cfg)
+    # the reason the worst-case grids give for the cells they leave out
+    assert unsupported("cclip") == "cclip keeps state across rounds"
+    assert unsupported("fltrust") == "fltrust needs the fltrust protocol's server"
+    assert unsupported("cm") is None and unsupported("krum") is None
     with pytest.raises(ValueError, match="needs the defense"):
         craft("opt-ipm", torch.ones(3, 2), 1)
 

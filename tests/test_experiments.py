@@ -92,6 +92,21 @@ def test_varying_keys_and_table_layout():
     assert worst[3] == "| krum | 70.0 | - | **70.0** (iid) |"  # over the cells that ran
 
 
+def _representatives(runs):
+    """A worst-case grid's runs (tens of thousands at FULL), one for each value of the groups
+    main.py checks together: rule x chain x f (preconditions), the attack with each of them
+    (opt-* and the rule, an attack's own checks), the data split."""
+    groups = (("agg", "pre", "num_byzantine"), ("agg", "attack"), ("pre", "attack"),
+              ("num_byzantine", "attack"), ("partition",))
+    seen, out = set(), []
+    for r in runs:
+        keys = {(g, tuple(r.flags[k] for k in g)) for g in groups}
+        if not keys <= seen:
+            seen |= keys
+            out.append(r)
+    return out
+
+
 def test_every_grid_is_well_formed(tmp_path):
     from experiments.runner import check
 
@@ -100,6 +115,8 @@ def test_every_grid_is_well_formed(tmp_path):
             runs = exp.runs(size)
             assert runs, exp.name
             assert len({r.name for r in runs}) == len(runs)
+            if exp.layout.worst_over:
+                runs = _representatives(runs)
             check(exp, runs, str(tmp_path))  # every command line passes main.py's checks
             for r in runs:  # a grid never leans on the command line's defaults
                 assert {"partition", "attack", "pre", "momentum", "lr"} <= set(r.flags), r.name
@@ -190,3 +207,152 @@ def test_implied_flags_stay_out_of_names_and_table(tmp_path):
     assert table[2] == "| softmax | cm | 50.5 ± 0.7 | 50.5 ± 0.7 |"
     # An unknown experiment keeps every varying key.
     assert runlogs.table_keys(logs, keys, runlogs.layout_keys("nosuch")) == keys
+
+
+# -- worst case --------------------------------------------------------------------------------
+
+def _write_run(exp_dir, cell, seed, accs, flags):
+    """A finished run of ``cell`` as the runner writes it: evaluations ``accs`` (the last one the
+    final accuracy)."""
+    d = exp_dir / grids.run_name(cell, seed)
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({**flags, **cell, "seed": seed}))
+    (d / "summary.json").write_text(json.dumps({
+        "final_test_accuracy": accs[-1], "best_test_accuracy": max(accs), "wall_seconds": 2.0}))
+    (d / "metrics.jsonl").write_text("".join(
+        json.dumps({"round": 10 * i + 9, "test_accuracy": a}) + "\n" for i, a in enumerate(accs)))
+
+
+def test_worst_case_tables_name_the_attack_that_gave_them(tmp_path):
+    from experiments import report
+
+    exp = grids.get("worstcase")
+    flags = exp.runs("digits")[0].flags
+    # final accuracy per (partition, pre, agg, f, attack); a list: one per seed. Otherwise CM
+    # ends at 80 (alie), 75 (opt-alie), 78 (fang) and Krum at 70 (alie), 72 (opt-alie).
+    special = {("iid", "none", "cm", 5, "alie"): [70], ("iid", "none", "cm", 5, "opt-alie"): [30, 50],
+               ("iid", "none", "cm", 5, "fang"): [55],
+               ("iid", "none", "cm", 1, "alie"): [80], ("iid", "none", "cm", 1, "opt-alie"): [80],
+               ("iid", "none", "cm", 1, "fang"): [80],
+               ("iid", "none", "krum", 5, "alie"): [60], ("iid", "none", "krum", 5, "opt-alie"): [62],
+               ("noniid", "nnm", "krum", 5, "alie"): [10], ("noniid", "nnm", "krum", 5, "opt-alie"): [10],
+               ("noniid", "nnm", "cm", 5, "fang"): [20], ("noniid", "nnm", "cm", 5, "alie"): [50],
+               ("noniid", "nnm", "cm", 5, "opt-alie"): [30]}
+    default = {("cm", "alie"): 80, ("cm", "opt-alie"): 75, ("cm", "fang"): 78,
+               ("krum", "alie"): 70, ("krum", "opt-alie"): 72}
+    exp_dir = tmp_path / "worstcase-digits"
+    for c in grids.product(partition=["iid", "noniid"], pre=["none", "nnm"], agg=["krum", "cm"],
+                           num_byzantine=[1, 5], attack=["alie", "opt-alie", "fang"]):
+        if c["attack"] == "fang" and c["agg"] != "cm":
+            continue
+        accs = special.get(tuple(c.values()), [default[(c["agg"], c["attack"])]])
+        for seed, acc in enumerate(accs):
+            _write_run(exp_dir, c, seed, [acc + 5, acc], flags)
+    report.write_report(str(exp_dir), quiet=True)
+    md = (exp_dir / "report.md").read_text()
+    # one table per heterogeneity x pre-aggregator: rules x f, the least seed mean and which
+    assert ("### iid, none\n\n| agg | f=1 | f=5 |\n|---|---|---|\n"
+            "| krum | 70.0 (alie) | 60.0 (alie) |\n"
+            "| cm | 80.0 (alie / opt-alie / fang) | 40.0 (opt-alie) |") in md
+    assert ("### noniid, nnm\n\n| agg | f=1 | f=5 |\n|---|---|---|\n"
+            "| krum | 70.0 (alie) | 10.0 (alie / opt-alie) |\n"
+            "| cm | 75.0 (opt-alie) | 20.0 (fang) |") in md
+    # the headline: each defense's worst over the attacks and f, per heterogeneity
+    assert ("| agg | pre | iid | noniid |\n|---|---|---|---|\n"
+            "| krum | none | 60.0 (alie, f=5) | 70.0 (alie, f=1 / alie, f=5) |\n"
+            "| cm | none | 40.0 (opt-alie, f=5) | 75.0 (opt-alie, f=1 / opt-alie, f=5) |\n"
+            "| krum | nnm | 70.0 (alie, f=1 / alie, f=5) | 10.0 (alie, f=5 / opt-alie, f=5) |\n"
+            "| cm | nnm | 75.0 (opt-alie, f=1 / opt-alie, f=5) | 20.0 (fang, f=5) |") in md
+    assert "- best worst case, iid: cm, nnm 75.0 %" in md
+    assert "- best worst case, noniid: cm, none 75.0 %" in md
+    assert "- worst attack most often, krum: alie (8 of 8), opt-alie (1 of 8)" in md
+    assert "- worst attack most often, cm: opt-alie (7 of 8), fang (2 of 8), alie (1 of 8)" in md
+    # opt-alie vs alie: 5 points lower in CM's 6 default cells, 30 and 20 in two others
+    assert ("- opt-alie vs alie: below in 7 of 16 cells, above in 0. Largest: iid, none, cm, "
+            "f=5: 40.0 vs 70.0; noniid, nnm, cm, f=5: 30.0 vs 50.0;") in md
+    assert ("cclip keeps state across rounds, which a worker does not hold: 96 cells "
+            "(agg cclip; attack opt-alie, opt-ipm)") in md
+    # 41 runs (40 cells, one of them with two seeds) of 2 s each
+    assert "Training time of these runs (sum of their wall_seconds, one core each): 82 s" in md
+    rows = {(r["partition"], r["pre"], r["agg"], r["num_byzantine"]): r
+            for r in _read_csv(str(exp_dir / "worstcase.csv"))}
+    r = rows[("iid", "none", "cm", "5")]
+    assert (float(r["worst"]), r["worst_by"], float(r["alie"]), float(r["fang"])) == (
+        40.0, "opt-alie", 70.0, 55.0)
+    assert rows[("iid", "none", "cm", "1")]["worst_by"] == "alie; opt-alie; fang"
+    assert rows[("iid", "none", "krum", "1")]["fang"] == ""  # not run against Krum
+    with open(exp_dir / "heatmap.png", "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not (exp_dir / "curves.png").exists()
+
+
+def test_worst_case_against_byzfl_takes_the_peak_of_the_seed_mean(tmp_path):
+    from experiments import paper, report
+    from experiments.worst import peak_of_mean
+
+    exp = grids.get("worstcase_byzfl")
+    flags = exp.runs()[0].flags
+    exp_dir = tmp_path / "worstcase_byzfl"
+    cell = dict(partition="noniid", agg="trmean", num_byzantine=3)
+    for atk, curves in (("ipm", [[70, 80, 75]]), ("opt-ipm", [[60, 55, 52]]),
+                        ("opt-alie", [[10, 50, 40], [30, 20, 60]])):
+        for seed, accs in enumerate(curves):
+            _write_run(exp_dir, {**cell, "attack": atk}, seed, accs,
+                       {**flags, "num_workers": 13})
+    _write_run(exp_dir, {**cell, "num_byzantine": 0, "attack": "none"}, 0, [80, 85, 84],
+               {**flags, "num_workers": 10})
+    report.write_report(str(exp_dir), quiet=True)
+    md = (exp_dir / "report.md").read_text()
+    # opt-alie: the seed-mean curve 20, 35, 50 peaks at 50 (the seeds' own peaks average 55)
+    assert "| f=0 | f=3 |\n|---|---|\n| 85.0 (none) | 50.0 (opt-alie) [26.0] |" in md
+    assert "| 3 | - | 80.0 | 60.0 | 55.0 ± 7.1 | **55.0** (opt-alie) |" in md
+    assert paper.source_of("worstcase_byzfl") in md
+    runs = [r for r in runlogs.load_runs(str(exp_dir))[0] if r.config["attack"] == "opt-alie"]
+    assert peak_of_mean(runs) == 50.0
+    # ByzFL's heat maps: trimmed mean 87, 61, 26, 21 % non-iid; the geometric median as gm too
+    assert [paper.WORST["worstcase_byzfl"]({**cell, "pre": "clip:2,nnm", "num_byzantine": f})
+            for f in (0, 1, 2, 3, 4)] == [None, 87.0, 61.0, 26.0, 21.0]
+    assert paper.WORST["worstcase_byzfl"](dict(partition="iid", agg="gm", num_byzantine=4,
+                                                pre="clip:2,nnm")) == 97.0
+
+
+def test_worstcase_grids_and_what_they_leave_out():
+    from common.run.config import Config, validate
+    from experiments.worstcase import ATTACK_SET, skip_reason
+
+    exp = grids.get("worstcase")
+    # 6 rules x 4 pre-aggregators x 4 splits x 3 f x 10 attacks, less opt-* against cclip
+    # (2 x 48) and fang against the four rules it does not aim at (4 x 48)
+    assert len(exp.runs()) == 6 * 48 * 10 - 96 - 192 == len(exp.runs("digits"))
+    full = exp.skipped("full")
+    assert len(exp.runs("full")) == 3 * (18 * 48 * 10 - len(full))
+    reasons = {why for _, why in full}
+    # bulyan after bucketing:2 for f = 3 and 5; monna's pivot; SMEA's C(25, 5) subsets; fang;
+    # opt-* against cclip, clippedclustering and fltrust
+    assert len(full) == 2 * 4 * 10 + 3 * 4 * 10 + 3 * 4 * 10 + (15 * 48 - 8 - 12 - 12) + 3 * 96
+    assert "bulyan needs n >= 4f+3, got n=13, f=3 (the rule sees n vectors after " \
+           "pre-aggregation)" in reasons
+    assert skip_reason("bulyan", "bucketing:2", 25, 1, "alie") is None
+    assert skip_reason("monna", "bucketing:2", 25, 1, "alie") == \
+        "monna needs one row per worker, and bucketing:2 leaves 13 rows"
+    assert skip_reason("smea", "nnm", 25, 5, "alie").startswith(
+        "smea's exact search scores C(25, 5) = 53130 subsets")
+    assert skip_reason("smea", "bucketing:2", 25, 5, "opt-alie") is None  # C(13, 5) = 1287
+    assert skip_reason("fltrust", "none", 25, 1, "opt-ipm") == (
+        "opt-alie and opt-ipm evaluate the rule on a worker, but fltrust needs the fltrust "
+        "protocol's server, which a worker does not hold")
+    # every precondition skip is one main.py refuses (SMEA's is for time only)
+    base = exp.runs("full")[0].flags
+    for cell, why in full:
+        if "fang" in why or why.startswith("smea"):
+            continue
+        with pytest.raises(ConfigError):
+            validate(Config.from_dict({**base, **cell}))
+    assert ATTACK_SET == ["signflip", "labelflip", "alie", "ipm", "opt-alie", "opt-ipm",
+                          "minmax", "minsum", "fang", "mimic"]
+    byzfl = grids.get("worstcase_byzfl").runs()
+    # 2 splits x 2 rules x (f = 1..4 x 3 attacks + the f = 0 reference), n = 10 + f
+    assert len(byzfl) == 2 * 2 * (4 * 3 + 1)
+    assert {(r.flags["num_byzantine"], r.flags["num_workers"]) for r in byzfl} == {
+        (f, 10 + f) for f in range(5)}
+    assert {r.flags["pre"] for r in byzfl} == {"clip:2,nnm"}

@@ -35,7 +35,7 @@ from common.attacks.omniscient import alie_vector, ipm_vector
 from common.errors import ConfigError
 from common.params import Param
 
-__all__ = ["line_search", "defense_distance", "OptALIE", "OptIPM"]
+__all__ = ["line_search", "defense_distance", "unsupported", "OptALIE", "OptIPM"]
 
 
 def line_search(score: Callable[[float], float], evals: int, start: float, delta: float,
@@ -77,6 +77,18 @@ def defense_distance(defense: Defense, honest: Tensor, byz: Tensor, b: int, seed
     return float(torch.linalg.vector_norm((out - honest.mean(dim=0)).double()))
 
 
+def unsupported(agg: str) -> str | None:
+    """Why opt-alie / opt-ipm cannot evaluate rule ``agg`` on a worker (it keeps state across
+    rounds, or needs another protocol's server), e.g. ``"cclip keeps state across rounds"``;
+    None when they can."""
+    rule = RULES.get(agg)
+    if rule.protocol != "gradient" or not rule.tensor_rule:  # FLTrust: the server's root gradient
+        return f"{agg} needs the {rule.protocol} protocol's server"
+    if rule.stateful:
+        return f"{agg} keeps state across rounds"
+    return None
+
+
 def _search_params(delta: float) -> tuple[Param, ...]:
     return (Param("evals", int, 20, "evaluations of the defense per round", low=1),
             Param("start", float, 0.0, "first factor tried"),
@@ -95,12 +107,10 @@ class _Optimal(Attack):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        rule = RULES.get(cfg.agg)
-        if rule.protocol != "gradient" or not rule.tensor_rule or rule.stateful:
-            kind = "keeps state across rounds" if rule.stateful else \
-                f"needs the {rule.protocol} protocol's server"
+        why = unsupported(cfg.agg)
+        if why:
             raise ConfigError(f"{cls.name} evaluates the server's rule on candidate messages, "
-                              f"but {cfg.agg} {kind}, which a worker does not hold; use a "
+                              f"but {why}, which a worker does not hold; use a "
                               "stateless gradient rule (or the fixed attack, e.g. --attack "
                               f"{cls.name.removeprefix('opt-')})")
 
