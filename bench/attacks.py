@@ -8,8 +8,8 @@ Per attack: the median wall time of one round's crafting, its multiple of one me
 the honest stack (``mean``: the honest mean), and what it logs (e.g. minmax's gamma). Per-worker
 random attacks (gaussian, fang) are called once per Byzantine row, as the workers call them.
 labelflip and backdoor change the data; their rows here are the message step only. opt-alie and
-opt-ipm evaluate the defense (``--agg``, ``--pre``) ``evals`` times per round (20 by default):
-their time is that many calls of the chain and the rule.
+opt-ipm evaluate the defense (``--agg``, ``--pre``) k = ``evals`` times per round (20 by default,
+``--evals`` sets it): their time is k calls of the chain and the rule, and their row says k.
 """
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--agg", default="cm", help="the defense opt-alie / opt-ipm aim at")
     p.add_argument("--pre", default="none", help="its pre-aggregator chain")
+    p.add_argument("--evals", type=int, default=20,
+                   help="k: the defense evaluations of opt-alie / opt-ipm per round")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -67,7 +69,8 @@ def main() -> None:
         for name in attack_names():
             if name in SKIP:
                 continue
-            atk = make_attack(name, n, f, 10)
+            params = {"evals": a.evals} if name.startswith("opt-") else {}
+            atk = make_attack(name, n, f, 10, **params)
             atk.bind(Defense(a.pre, a.agg, f))
             # as the workers call it: once per Byzantine row for per-worker random attacks
             parts = [own[j:j + 1] for j in range(f)] if atk.per_worker_random else [own]
@@ -77,8 +80,9 @@ def main() -> None:
                         for o in parts]
 
             t, _ = median_time(run, a.reps)
-            info = ", ".join(f"{k}={v:.3g}" for k, v in atk.info.items()
-                             if isinstance(v, (int, float)))
+            info = ", ".join([f"k={a.evals} rule calls"] * bool(params) +
+                             [f"{k}={v:.3g}" for k, v in atk.info.items()
+                              if isinstance(v, (int, float))])
             print(f"{name:<12}{1e3 * t:>9.1f}{t / t_mean:>8.2f}  {info}", flush=True)
 
 

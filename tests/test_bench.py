@@ -42,7 +42,7 @@ def test_attacks_bench_times_every_message_attack():
                    "signflip", "opt-alie", "opt-ipm"):
         assert re.search(rf"^{attack}\s+\d+\.\d+\s+\d+\.\d+", text, re.M), (attack, text)
     assert re.search(r"^minmax\s.*gamma=\d", text, re.M), text
-    assert re.search(r"^opt-alie\s.*factor=\d", text, re.M), text
+    assert re.search(r"^opt-alie\s.*k=20 rule calls, factor=\d", text, re.M), text
 
 
 def test_mpi_bench_prints_one_row_per_rank_count_and_size():
