@@ -87,8 +87,10 @@ def _by(over: Sequence[str], w: Worst, most: int = 3) -> str:
     return " / ".join(names[:most]) + (f" +{len(names) - most}" if len(names) > most else "")
 
 
-def _table(cells: dict[tuple, Worst], rows, cols, over, paper: Paper | None) -> list[str]:
-    """Markdown: rows x cols, each cell ``least (by)`` and ``[paper]`` where there is one."""
+def _table(cells: dict[tuple, Worst], rows, cols, over, paper: Paper | None,
+           note: Callable[[tuple, Worst], str] | None = None) -> list[str]:
+    """Markdown: rows x cols, each cell ``least (by)`` (or ``least (note)``) and ``[paper]``
+    where there is one."""
     rv = _ordered(g[:len(rows)] for g in cells)
     cv = _ordered(g[len(rows):] for g in cells)
     head = [SHORT.get(k, k) for k in rows] + [label(cols, c) if cols else "worst" for c in cv]
@@ -98,7 +100,8 @@ def _table(cells: dict[tuple, Worst], rows, cols, over, paper: Paper | None) -> 
         for c in cv:
             w = cells.get(r + c)
             theirs = paper(w.config) if w and paper else None
-            row.append("-" if w is None else f"{w.value:.1f} ({_by(over, w)})" +
+            why = note(r + c, w) if note and w else _by(over, w) if w else ""
+            row.append("-" if w is None else f"{w.value:.1f} ({why})" +
                        ("" if theirs is None else f" [{theirs:.1f}]"))
         lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -122,6 +125,16 @@ def _headline(runs, rows, cols, frows, fcols, over, metric) -> list[str]:
            f"The least {_what(metric)} over {' and '.join(h_over)}, per "
            f"{', '.join(frows) or 'experiment'}:", ""]
     out += _table(cells, keys, frows, h_over, None) + [""]
+    if fcols:  # each rule with its best pre-aggregator (the largest worst case)
+        best_of: dict[tuple, tuple[tuple, Worst]] = {}
+        for g, w in cells.items():
+            k = g[:len(rows)] + g[len(keys):]
+            if k not in best_of or w.value > best_of[k][1].value:
+                best_of[k] = (g[len(rows):len(keys)], w)
+        out += [f"Each {', '.join(rows)} with its best {', '.join(fcols)} (the largest worst "
+                "case):", ""]
+        out += _table({k: w for k, (_, w) in best_of.items()}, rows, frows, h_over, None,
+                      lambda k, w: f"{label(fcols, best_of[k][0])}; {_by(h_over, w)}") + [""]
     for fv in _ordered(g[len(keys):] for g in cells):
         best = max((g for g in cells if g[len(keys):] == fv), key=lambda g: cells[g].value)
         w = cells[best]

@@ -45,6 +45,15 @@ def test_attacks_bench_times_every_message_attack():
     assert re.search(r"^opt-alie\s.*k=20 rule calls, factor=\d", text, re.M), text
 
 
+def test_opt_search_bench_scores_each_search_setting():
+    text = bench("bench/opt_search.py", "--dataset", "digits", "--rounds", "5", "--partitions",
+                 "noniid", "--defenses", "nnm/krum@3")
+    for name in ("opt-alie", "opt-ipm"):
+        for spec in ("nnm/krum@3", "ALL"):
+            assert re.search(rf"^{name}\s+{re.escape(spec)}\s+20/0/10: [01]\.\d\d/[01]\.\d\d .*"
+                             r"10/0/0\.5: [01]\.\d\d/[01]\.\d\d$", text, re.M), (name, text)
+
+
 def test_mpi_bench_prints_one_row_per_rank_count_and_size():
     text = bench("bench/mpi.py", "--ranks", "3", "--dims", "1000", "--reps", "2")
     assert re.search(r"^\s+3\s+2\s+1e\+03\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", text, re.M), text

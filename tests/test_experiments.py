@@ -263,6 +263,11 @@ def test_worst_case_tables_name_the_attack_that_gave_them(tmp_path):
             "| cm | none | 40.0 (opt-alie, f=5) | 75.0 (opt-alie, f=1 / opt-alie, f=5) |\n"
             "| krum | nnm | 70.0 (alie, f=1 / alie, f=5) | 10.0 (alie, f=5 / opt-alie, f=5) |\n"
             "| cm | nnm | 75.0 (opt-alie, f=1 / opt-alie, f=5) | 20.0 (fang, f=5) |") in md
+    # each rule with the pre-aggregator that gives its best worst case
+    assert ("| agg | iid | noniid |\n|---|---|---|\n"
+            "| krum | 70.0 (nnm; alie, f=1 / alie, f=5) | 70.0 (none; alie, f=1 / alie, f=5) |\n"
+            "| cm | 75.0 (nnm; opt-alie, f=1 / opt-alie, f=5) | 75.0 (none; opt-alie, f=1 / "
+            "opt-alie, f=5) |") in md
     assert "- best worst case, iid: cm, nnm 75.0 %" in md
     assert "- best worst case, noniid: cm, none 75.0 %" in md
     assert "- worst attack most often, krum: alie (8 of 8), opt-alie (1 of 8)" in md
