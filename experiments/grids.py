@@ -353,7 +353,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                worst=True),
         seeds=(1, 2, 3)),
     # -- worst case (issue 18): experiments/worstcase.py
-    *worstcase_experiments(_defenses_base, RULES, DEFENSE_RULES),
+    *worstcase_experiments(_defenses_base, DEFENSE_RULES),
 ]}
 
 # Order of `bash run.sh all` (smoke is only a pipeline check).

@@ -135,7 +135,7 @@ def _headline(runs, rows, cols, frows, fcols, over, metric) -> list[str]:
                 "case):", ""]
         out += _table({k: w for k, (_, w) in best_of.items()}, rows, frows, h_over, None,
                       lambda k, w: f"{label(fcols, best_of[k][0])}; {_by(h_over, w)}") + [""]
-    for fv in _ordered(g[len(keys):] for g in cells):
+    for fv in _ordered(g[len(keys):] for g in cells) if keys else ():
         best = max((g for g in cells if g[len(keys):] == fv), key=lambda g: cells[g].value)
         w = cells[best]
         out.append(f"- best worst case, {label(frows, fv)}: {label(keys, best[:len(keys)])} "
@@ -146,7 +146,7 @@ def _headline(runs, rows, cols, frows, fcols, over, metric) -> list[str]:
     for g, w in every.items():
         counts[g[0]].update(label(over, o) for o in w.by)
     cells_of = Counter(g[0] for g in every)
-    for rule, c in counts.items():
+    for rule, c in counts.items() if rows else ():
         top = ", ".join(f"{a} ({n} of {cells_of[rule]})" for a, n in c.most_common(3))
         out.append(f"- worst attack most often, {label(rows[:1], (rule,))}: {top}")
     return out + [""]

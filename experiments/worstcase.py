@@ -8,6 +8,13 @@ reason in the report, where main.py refuses it (a rule's precondition after the 
 Bulyan's n >= 4f+3 on 13 buckets; opt-alie / opt-ipm against a rule a worker cannot evaluate),
 where an attack does not apply (Fang's trim attack aims at coordinate-wise rules) or where one
 call of the rule is too slow to repeat (SMEA's exact search over C(25, 5) subsets).
+Sizes (CPU time of one core, measured 2026-12-06 with the machine's two cores shared by four
+jobs): ``fmnist`` (the default) runs the ``defenses`` setting for 150 rounds, 1 seed, the five
+:data:`WORST_RULES`: 2160 runs of 3-5 s each, 10-31 s for opt-alie / opt-ipm (a sorted non-iid
+f = 5 slice of 180 runs took 1192 s), about 14,300 s = 4 h in all (an iid slice under a lighter
+load ran 0.87 of that per run); ``digits`` the same cells for 100 rounds; ``full`` every rule,
+300 rounds, 3 seeds and 20 search evaluations: 22032 runs, about 120 CPU-hours (estimated from
+the fmnist times; not run).
 
 ``worstcase_byzfl``: ByzFL's benchmark (LPD-EPFL/byzfl, ``byzfl/benchmark/benchmark.py``'s
 default configuration) on Fashion-MNIST: 10 honest clients and f = 1..4 Byzantine ones,
@@ -32,12 +39,16 @@ from common.attacks.optimal import unsupported
 from common.errors import ConfigError
 from experiments.spec import DIGITS, FMNIST, FULL, NEUTRAL, PEAK, Experiment, Flags, Layout, product
 
-__all__ = ["ATTACK_SET", "HETEROGENEITY", "worstcase_experiments", "skip_reason"]
+__all__ = ["ATTACK_SET", "HETEROGENEITY", "WORST_RULES", "worstcase_experiments", "skip_reason"]
 
 #: The attacks each cell is trained under (the report takes the least accuracy over them).
 ATTACK_SET = ["signflip", "labelflip", "alie", "ipm", "opt-alie", "opt-ipm", "minmax", "minsum",
               "fang", "mimic"]
 HETEROGENEITY = ["iid", "dirichlet:1.0", "dirichlet:0.1", "noniid"]
+# Below FULL (which runs every rule): the bucketing paper's four and the trimmed mean; the plain
+# mean (no defense) only at FULL: any unbounded attack takes it to chance (minsum, opt-alie and
+# opt-ipm: 10-17 % at sorted non-iid, f = 5), and it would cost an eighth of the grid.
+WORST_RULES = ["krum", "cm", "rfa", "trmean", "cclip"]
 BYZANTINE = [1, 3, 5]
 OPTIMAL = ("opt-alie", "opt-ipm")
 # Fang et al.'s trim attack is built against the coordinate-wise median and trimmed mean.
@@ -127,12 +138,12 @@ def _byzfl_grid(size: str) -> list[Flags]:
             for atk in (BYZFL_ATTACKS if f else ["none"])]
 
 
-def worstcase_experiments(defenses_base: Callable[[str], Flags], rules: list[str],
+def worstcase_experiments(defenses_base: Callable[[str], Flags],
                           all_rules: list[str]) -> list[Experiment]:
     """The two experiments: ``worstcase`` on the defenses experiment's setting
-    (``defenses_base``), ``rules`` below FULL and ``all_rules`` at FULL; ``worstcase_byzfl``."""
+    (``defenses_base``), :data:`WORST_RULES` below FULL and ``all_rules`` at FULL; ``worstcase_byzfl``."""
     def rules_of(size: str) -> tuple[str, ...]:
-        return tuple(all_rules if size == FULL else rules)
+        return tuple(all_rules if size == FULL else WORST_RULES)
 
     return [
         Experiment(
