@@ -3,7 +3,8 @@
     python -m experiments.publish outputs/<experiment> [...]   # -> docs/results/<experiment>/
 
 PNGs are re-encoded with a 128-colour palette (line plots and heat maps lose nothing visible) so
-the committed figures stay a few tens of KB each; report.md and results.csv are copied as is.
+the committed figures stay a few tens of KB each; report.md, results.csv and worstcase.csv are
+copied as is.
 """
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import shutil
 import sys
 from typing import Sequence
 
-FILES = ("report.md", "results.csv")
+FILES = ("report.md", "results.csv", "worstcase.csv")
 
 
 def publish(exp_dir: str, dest_root: str = os.path.join("docs", "results")) -> list[str]:
-    """Copy report.md, results.csv and every PNG of ``exp_dir``; returns the written paths."""
+    """Copy report.md, results.csv (worstcase.csv where there is one) and every PNG of
+    ``exp_dir``; returns the written paths."""
     from PIL import Image  # noqa: PLC0415 - matplotlib's dependency, needed here only
 
     exp_dir = os.path.normpath(exp_dir)

@@ -26,6 +26,7 @@ from experiments.figures import plot_c1c2, plot_curves, plot_grid, plot_selectio
 from experiments.grids import EXPERIMENTS, FINAL, FMNIST, LAST5, PEAK
 from experiments.paper import PAPER, WORST, source_of
 from experiments.runlogs import (
+    cpu_seconds,
     experiment_of,
     flag_stats,
     grid_order,
@@ -89,7 +90,7 @@ def write_report(exp_dir: str, quiet: bool = False) -> dict[str, Any]:
             figures.append("c1c2.png")
 
     md = _markdown(name, runs, unfinished, keys, rows, cols, figures,
-                   [k for k in keys if k not in shown], shown, size)
+                   [k for k in keys if k not in shown], shown, size, cpu_seconds(exp_dir))
     with open(os.path.join(exp_dir, "report.md"), "w") as fh:
         fh.write(md)
     if not quiet:
@@ -119,7 +120,7 @@ def _verdict(name: str) -> list[str]:
 
 
 def _markdown(name, runs, unfinished, keys, rows, cols, figures, implied=(), shown=(),
-              size=FMNIST) -> str:
+              size=FMNIST, cpu=None) -> str:
     exp = EXPERIMENTS.get(name)
     out = [f"# {name}" + (f": {exp.title}" if exp else ""), ""]
     if exp:
@@ -143,7 +144,7 @@ def _markdown(name, runs, unfinished, keys, rows, cols, figures, implied=(), sho
         # worst_over keys across
         skipped = exp.skipped(size) if exp.skipped and size in exp.sizes else []
         out += worst.sections(runs, exp.layout, shown, metric, skipped, WORST.get(name),
-                              source_of(name))
+                              source_of(name), cpu)
         w_rows, w_cols, w_frows, w_fcols, cols = worst.worst_layout(exp.layout, shown)
         rows = w_frows + w_fcols + w_rows + w_cols
         out += [f"## Every {', '.join(cols) or 'run'}", "",

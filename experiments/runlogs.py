@@ -70,6 +70,29 @@ def load_runs(exp_dir: str) -> tuple[list[RunLog], list[str]]:
     return runs, unfinished
 
 
+CPU_LOG = "cpu.csv"  # the runner's CPU and wall seconds per run it ran (the last entry counts)
+
+
+def log_cpu(exp_dir: str, name: str, cpu: float, wall: float) -> None:
+    """Append run ``name``'s CPU and wall seconds (as the runner measured them) to cpu.csv."""
+    path = os.path.join(exp_dir, CPU_LOG)
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as fh:
+        w = csv.writer(fh)
+        if new:
+            w.writerow(["run", "cpu", "wall"])
+        w.writerow([name, f"{cpu:.2f}", f"{wall:.2f}"])
+
+
+def cpu_seconds(exp_dir: str) -> dict[str, float]:
+    """run name -> its CPU seconds from cpu.csv (empty without one)."""
+    path = os.path.join(exp_dir, CPU_LOG)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as fh:
+        return {r["run"]: float(r["cpu"]) for r in csv.DictReader(fh)}
+
+
 def last_evaluations(metrics: Sequence[dict[str, Any]], k: int = 5) -> list[float]:
     """The test accuracies of the last ``k`` evaluations (the bucketing paper reports their
     mean)."""

@@ -26,7 +26,7 @@ from common.errors import ConfigError, unknown_name
 from common.run.config import Config, validate
 from common.run.flags import parse_args
 from common.run.io import read_json
-from experiments import report
+from experiments import report, runlogs
 from experiments.grids import ALL, DIGITS, FMNIST, FULL, SIZES, Experiment, Run, get, menu
 from main import main as main_py
 
@@ -49,23 +49,25 @@ def _same_config(out_dir: str, argv: list[str]) -> bool:
     return all(done.get(k) == v for k, v in cfg.to_dict().items() if k != "progress")
 
 
-def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str]:
-    """Run one configuration: (name, status ok|skipped|failed, seconds, message)."""
+def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str, float]:
+    """Run one configuration: (name, status ok|skipped|failed, seconds, message, CPU seconds of
+    this process during the run)."""
     name, argv, force = job
     out_dir = argv[argv.index("--output") + 1]
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     try:
         if not force and _same_config(out_dir, argv):
-            return name, "skipped", 0.0, "already done"
+            return name, "skipped", 0.0, "already done", 0.0
         # A cell not done with this exact command line is rerun from scratch: its directory's
         # old files go first (an interrupted rerun must not leave the old summary by new logs).
         summary = main_py([*argv, "--overwrite"])
         acc = summary["final_test_accuracy"]
-        return name, "ok", time.time() - t0, f"final {acc:.2f}%"
+        status, msg = "ok", f"final {acc:.2f}%"
     except SystemExit as e:  # main's ConfigError handler exits with code 2 after printing
-        return name, "failed", time.time() - t0, f"exit code {e.code}"
+        status, msg = "failed", f"exit code {e.code}"
     except Exception as e:  # one broken configuration must not stop the grid
-        return name, "failed", time.time() - t0, f"{type(e).__name__}: {e}"
+        status, msg = "failed", f"{type(e).__name__}: {e}"
+    return name, status, time.time() - t0, msg, time.process_time() - c0
 
 
 def check(exp: Experiment, runs: list[Run], out_root: str) -> None:
@@ -110,10 +112,12 @@ def run_experiment(exp: Experiment, *, size: str = DIGITS, jobs: int = 1, seeds:
         pool = mp.get_context("spawn").Pool(jobs, maxtasksperchild=None)
         results = pool.imap_unordered(run_one, jobs_)
     try:
-        for i, (name, status, secs, msg) in enumerate(results, 1):
+        for i, (name, status, secs, msg, cpu) in enumerate(results, 1):
             say(f"[{i}/{len(runs)}] {status:<7} {secs:6.1f}s  {name}  {msg}")
             if status == "failed":
                 failed.append((name, msg))
+            elif status == "ok":
+                runlogs.log_cpu(exp_dir, name, cpu, secs)
     except BaseException:
         if pool is not None:  # Ctrl-C: stop the workers now instead of draining the queue
             pool.terminate()

@@ -206,15 +206,22 @@ def _what(metric: str) -> str:
             "evaluations (seed mean)"}.get(metric, "final test accuracy (seed mean)")
 
 
+def _time(runs: Sequence[RunLog], cpu: dict[str, float]) -> str:
+    """The runs' CPU time as the runner logged it, and their training wall time."""
+    wall = sum(float(r.summary.get("wall_seconds", 0.0)) for r in runs)
+    logged = [cpu[r.name] for r in runs if r.name in cpu]
+    used = (f"CPU time of {len(logged)} of these {len(runs)} runs (the runner's cpu.csv): "
+            f"{sum(logged):.0f} s = {sum(logged) / 3600:.2f} h; " if logged else "")
+    return used + f"training time (sum of the runs' wall_seconds): {wall:.0f} s = {wall / 3600:.2f} h."
+
+
 def sections(runs: Sequence[RunLog], lay: Layout, shown: Sequence[str], metric: str,
              skipped: Sequence[tuple[Flags, str]], paper: Paper | None,
-             source: str = "") -> list[str]:
+             source: str = "", cpu: dict[str, float] | None = None) -> list[str]:
     """The markdown sections of a worst-case report (module docstring); ``paper`` gives a
-    reference's number per cell, from ``source``."""
+    reference's number per cell, from ``source``; ``cpu``: run name -> CPU seconds."""
     rows, cols, frows, fcols, over = worst_layout(lay, shown)
-    seconds = sum(float(r.summary.get("wall_seconds", 0.0)) for r in runs)
-    out = [f"Training time of these runs (sum of their wall_seconds, one core each): "
-           f"{seconds:.0f} s = {seconds / 3600:.2f} h.", ""]
+    out = [_time(runs, cpu or {}), ""]
     out += _skipped(skipped, runs) + _headline(runs, rows, cols, frows, fcols, over, metric)
     out += ["## Worst case per " + (", ".join(frows + fcols) or "experiment"), "",
             f"Each cell: the least {_what(metric)} over {', '.join(over)} and which gave it" +

@@ -54,6 +54,10 @@ def test_smoke_experiment_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("skipped") == 4
     assert _read_csv(os.path.join(exp_dir, "results.csv")) == rows
+    # the runner's CPU seconds: one row per run it ran (the skipped ones add none)
+    cpu = _read_csv(os.path.join(exp_dir, "cpu.csv"))
+    assert sorted(r["run"] for r in cpu) == sorted(r["run"] for r in rows)
+    assert all(float(r["cpu"]) > 0 for r in cpu)
 
 
 def test_selected_workers_maps_through_preaggregators():
@@ -248,6 +252,11 @@ def test_worst_case_tables_name_the_attack_that_gave_them(tmp_path):
         accs = special.get(tuple(c.values()), [default[(c["agg"], c["attack"])]])
         for seed, acc in enumerate(accs):
             _write_run(exp_dir, c, seed, [acc + 5, acc], flags)
+    runlogs.log_cpu(str(exp_dir), grids.run_name(dict(partition="iid", pre="none", agg="cm",
+                    num_byzantine=5, attack="fang"), 0), 9.0, 9.5)  # replaced by the next line
+    for cell in (dict(partition="iid", pre="none", agg="cm", num_byzantine=5, attack="fang"),
+                 dict(partition="iid", pre="none", agg="cm", num_byzantine=1, attack="alie")):
+        runlogs.log_cpu(str(exp_dir), grids.run_name(cell, 0), 2.5, 3.0)
     report.write_report(str(exp_dir), quiet=True)
     md = (exp_dir / "report.md").read_text()
     # one table per heterogeneity x pre-aggregator: rules x f, the least seed mean and which
@@ -277,8 +286,9 @@ def test_worst_case_tables_name_the_attack_that_gave_them(tmp_path):
             "f=5: 40.0 vs 70.0; noniid, nnm, cm, f=5: 30.0 vs 50.0;") in md
     assert ("cclip keeps state across rounds, which a worker does not hold: 96 cells "
             "(agg cclip; attack opt-alie, opt-ipm)") in md
-    # 41 runs (40 cells, one of them with two seeds) of 2 s each
-    assert "Training time of these runs (sum of their wall_seconds, one core each): 82 s" in md
+    # 41 runs (40 cells, one of them with two seeds) of 2 s each; the runner logged two of them
+    assert ("CPU time of 2 of these 41 runs (the runner's cpu.csv): 5 s = 0.00 h; training time "
+            "(sum of the runs' wall_seconds): 82 s = 0.02 h.") in md
     rows = {(r["partition"], r["pre"], r["agg"], r["num_byzantine"]): r
             for r in _read_csv(str(exp_dir / "worstcase.csv"))}
     r = rows[("iid", "none", "cm", "5")]
