@@ -122,8 +122,8 @@ def _headline(runs, rows, cols, frows, fcols, over, metric) -> list[str]:
     keys, h_over = rows + fcols, over + cols
     cells = worst_cells(runs, keys + frows, h_over, metric)
     out = ["## Headline: each defense's worst case", "",
-           f"The least {_what(metric)} over {' and '.join(h_over)}, per "
-           f"{', '.join(frows) or 'experiment'}:", ""]
+           f"The least {_what(metric)} over {_names(h_over, ' and ')}, per "
+           f"{_names(frows) or 'experiment'}:", ""]
     out += _table(cells, keys, frows, h_over, None) + [""]
     if fcols:  # each rule with its best pre-aggregator (the largest worst case)
         best_of: dict[tuple, tuple[tuple, Worst]] = {}
@@ -201,6 +201,10 @@ def _skipped(skipped: Sequence[tuple[Flags, str]], runs: Sequence[RunLog]) -> li
     return out + [""]
 
 
+def _names(keys: Sequence[str], sep: str = ", ") -> str:
+    return sep.join(SHORT.get(k, k) for k in keys)
+
+
 def _what(metric: str) -> str:
     return {PEAK: "peak of the seed-mean accuracy curve", LAST5: "mean of the last 5 "
             "evaluations (seed mean)"}.get(metric, "final test accuracy (seed mean)")
@@ -212,7 +216,8 @@ def _time(runs: Sequence[RunLog], cpu: dict[str, float]) -> str:
     logged = [cpu[r.name] for r in runs if r.name in cpu]
     used = (f"CPU time of {len(logged)} of these {len(runs)} runs (the runner's cpu.csv): "
             f"{sum(logged):.0f} s = {sum(logged) / 3600:.2f} h; " if logged else "")
-    return used + f"training time (sum of the runs' wall_seconds): {wall:.0f} s = {wall / 3600:.2f} h."
+    text = used + f"training time (sum of the runs' wall_seconds): {wall:.0f} s = {wall / 3600:.2f} h."
+    return text[0].upper() + text[1:]
 
 
 def sections(runs: Sequence[RunLog], lay: Layout, shown: Sequence[str], metric: str,
@@ -223,8 +228,8 @@ def sections(runs: Sequence[RunLog], lay: Layout, shown: Sequence[str], metric: 
     rows, cols, frows, fcols, over = worst_layout(lay, shown)
     out = [_time(runs, cpu or {}), ""]
     out += _skipped(skipped, runs) + _headline(runs, rows, cols, frows, fcols, over, metric)
-    out += ["## Worst case per " + (", ".join(frows + fcols) or "experiment"), "",
-            f"Each cell: the least {_what(metric)} over {', '.join(over)} and which gave it" +
+    out += ["## Worst case per " + (_names(frows + fcols) or "experiment"), "",
+            f"Each cell: the least {_what(metric)} over {_names(over)} and which gave it" +
             (f"; [the reference's number] ({source})" if paper else "") +
             ". Heat map: heatmap.png.", ""]
     for fv, cells in panels(runs, rows, cols, frows, fcols, over, metric).items():
