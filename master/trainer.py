@@ -19,6 +19,7 @@ from tqdm import tqdm
 from common.attacks import make_attack
 from common.errors import ConfigError, one_line
 from common.finite import all_finite
+from common.run.command import explicit_command
 from common.run.config import Config
 from common.run.io import CHECKPOINT, MetricsLog, load_torch, save_torch, write_json
 from common.run.problem import Problem
@@ -214,6 +215,7 @@ class Trainer:
             print(f"\ninterrupted ({type(interrupted).__name__} {interrupted}) {what}. "
                   f"Continue with: --resume {self.out_dir}", flush=True)
             raise SystemExit(130)
+        execution = self.transport.describe()
         summary = {
             "final_test_accuracy": self.last_eval.get("test_accuracy"),
             "final_test_loss": self.last_eval.get("test_loss"),
@@ -222,7 +224,9 @@ class Trainer:
             "wall_seconds": wall,
             "num_workers": cfg.num_workers,
             "num_byzantine": cfg.num_byzantine,
-            "execution": self.transport.describe(),
+            "execution": execution,
+            "command": explicit_command(cfg, execution["entry"], "" if execution["entry"]
+                                        == "main.py" else f"mpiexec -n {execution['processes']}"),
             "config": cfg.to_dict(),
         }
         if self.test_metric is not None and self.test_metric[0] in self.last_eval:

@@ -202,12 +202,19 @@ class WorkerGroup:
         self._restore_lent(zero=h == self.k)
         x, y = self.round_batches(t, byz)
         losses = torch.full((self.k - h,), math.nan)  # the skipped workers have no loss
+        rows = byz.nonzero().flatten()
+        raw = self.cfg.byz_raw_gradients and self.cfg.momentum > 0 and h == self.k and len(rows)
+        ema = self.cfg.momentum_style == "ema"
+        if raw:  # --byz-raw-gradients: a zero momentum makes the update below the gradient
+            for r in rows.tolist():
+                self.momenta[r].zero_()
         if h > 0:
-            self._grads_into(params, x[:h], y[:h], self.momenta[:h], self.cfg.momentum,
-                             ema=self.cfg.momentum_style == "ema")
+            self._grads_into(params, x[:h], y[:h], self.momenta[:h], self.cfg.momentum, ema=ema)
+            if raw and ema:  # the ema update gave (1 - beta) g
+                for r in rows.tolist():
+                    self.momenta[r].div_(1.0 - self.cfg.momentum)
             losses = torch.cat([self.losses, losses])
         self.losses = losses
-        rows = byz.nonzero().flatten()
         if self.upload is not None:
             msgs = self.momenta.clone()
             self.upload(msgs, (~byz).nonzero().flatten().tolist(), t, self.ids.start,
