@@ -54,6 +54,11 @@ CASES = {
     # FLAME's noise and DnC's coordinates come from the per-round rule generator
     "flame": ["--agg", "flame", "--flame-lam", "0.01", "--pre", "none", "--attack", "alie"],
     "dnc": ["--agg", "dnc", "--dnc-sub-dim", "100", "--pre", "none", "--attack", "alie"],
+    # federated mode: K local steps, a sample of 4 clients per round (redrawn the same after
+    # the resume), the clients' local momenta (per-client state), backdoor local training
+    "federated": ["--agg", "cm", "--pre", "none", "--attack", "backdoor", "--local-steps", "3",
+                  "--clients-per-round", "4", "--local-momentum", "0.9", "--byz-schedule",
+                  "random"],
 }
 
 
