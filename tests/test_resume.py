@@ -137,8 +137,8 @@ def test_signal_mid_round_checkpoints_a_consistent_state(tmp_path, monkeypatch):
 
     orig = tmod.InProcessTransport.round
 
-    def round_with_signal(self, p, t, byz):
-        res = orig(self, p, t, byz)
+    def round_with_signal(self, p, t, byz, clients=None):
+        res = orig(self, p, t, byz, clients)
         if t == K - 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return res

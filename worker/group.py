@@ -25,6 +25,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from common.aggregation.rules import RULES
 from common.attacks import Attack, AttackInput, Defense, run_attack
 from common.compute.linear_grads import linear_layers, per_worker_gradients
+from common.compute.linear_steps import LinearSteps, linear_plan
 from common.compute.paths import choose_path
 from common.data.partition import group_batches, pad_shards
 from common.errors import ConfigError
@@ -71,6 +72,9 @@ class WorkerGroup:
         self.losses = torch.zeros(self.k)
         self._vgrad = vmap(grad_and_value(self._loss), in_dims=(None, 0, 0))
         self._vgrad_own = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0))
+        # per-client SGD steps of the linear path (federated local steps)
+        self.stack = (LinearSteps(self.model, self.flat) if self.path == "linear"
+                      and linear_plan(self.model) is not None else None)
         self.sampler = attack.batch_sampler(problem, ids, cfg.num_workers, cfg.run_seed, device)
         self.upload = RULES.get(cfg.agg).upload_transform(cfg.rule_values)
         self.wire = protocol.wire(cfg, problem.dim)
@@ -169,6 +173,48 @@ class WorkerGroup:
                     update(views[name][i], p.grad)
             losses.append(loss.detach())
         self.losses = torch.stack(losses).cpu()
+
+    def local_steps(self, theta: Tensor, v: Tensor, x: Tensor, y: Tensor, beta: float,
+                    ema: bool, lr: float) -> None:
+        """S SGD steps of each of m clients at its own parameters, in place (federated local
+        steps): ``theta`` (m, d) their parameters, ``v`` (m, d) their momentum buffers
+        (untouched when ``beta`` is 0), ``x`` (S, m, b, ...) and ``y`` (S, m, b) the batch of
+        every step. ``v <- beta v + g`` (``ema``: ``beta v + (1 - beta) g``), ``theta <- theta -
+        lr v``. The linear path's per-client steps (:class:`LinearSteps`), one ``vmap`` over
+        the stacked parameters per step, or the loop: each client's steps in the model in turn
+        (its parameters stay in cache; faster for convolutions on CPU)."""
+        if self.stack is not None:
+            self.stack.run(theta, v, x, y, beta, ema, lr)
+            return
+
+        def step(param: Tensor, buf: Tensor, g: Tensor) -> None:
+            if not beta:
+                param.sub_(g, alpha=lr)
+                return
+            if ema:
+                buf.lerp_(g, 1.0 - beta)
+            else:
+                torch.add(g, buf, alpha=beta, out=buf)
+            param.sub_(buf, alpha=lr)
+
+        if self.path != "loop":
+            for k in range(x.shape[0]):
+                grads, _ = self._vgrad_own(self.flat.views(theta), x[k], y[k])
+                ps, bufs = self.flat.views(theta), self.flat.views(v)
+                for name in self.flat.names:
+                    step(ps[name], bufs[name], grads[name])
+            return
+        named = list(self.model.named_parameters())
+        for i in range(theta.shape[0]):
+            self.flat.load_into(self.model, theta[i])
+            bufs = self.flat.views(v[i])
+            for k in range(x.shape[0]):
+                self.model.zero_grad(set_to_none=True)
+                F.cross_entropy(self.model(x[k, i]), y[k, i]).backward()
+                with torch.no_grad():
+                    for name, p in named:
+                        step(p, bufs[name], torch.zeros_like(p) if p.grad is None else p.grad)
+            theta[i].copy_(self.flat.flatten(self.model))
 
     def model_gradients(self, thetas: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """(m, d) gradient of client j's minibatch loss at its own model ``thetas[j]``."""

@@ -7,7 +7,8 @@ Round t. The server draws the round's participants, m of the n clients without r
 takes all n. Every participant i starts from the global model x and takes K SGD steps on
 minibatches of its own data (step k draws afresh, keyed by (seed, t, k, i)), with the local
 learning rate eta_l(t) and its local momentum buffer v_i (``--momentum-style``; kept across the
-rounds the client takes part in, in the checkpoint; a client sitting a round out keeps it)::
+rounds the client takes part in, in the checkpoint; a client sitting a round out keeps it; with
+beta = 0 it holds the client's last gradient at a global model)::
 
     v_i <- beta v_i + g_i(x_i^k)            (ema: beta v_i + (1 - beta) g_i(x_i^k))
     delta_i <- delta_i + eta_l v_i,          x_i^(k+1) = x - delta_i      (delta_i starts at 0)
@@ -44,9 +45,12 @@ rows the server sees: m rows, ceil(m f_true / n) Byzantine (ALIE's default z).
 
 Vectorised: step 0 is at the shared global model, so the group's gradient path runs it as in
 the gradient protocol (one linear pass, one vmap or the loop) straight into the momentum rows;
-steps 1..K-1 are at per-client parameters: one ``vmap`` of ``functional_call`` over the stacked
+steps 1..K-1 are at per-client parameters (:meth:`worker.group.WorkerGroup.local_steps`): for
+the Linear/ReLU models the linear path generalised to per-client weights (one ``baddbmm`` per
+layer for all clients, the update fused into the weight gradient's product:
+:mod:`common.compute.linear_steps`), else one ``vmap`` of ``functional_call`` over the stacked
 (m, d) parameters, or the per-client loop where the model's path is the loop (convolutions on
-CPU; ``bench/rounds.py --part local`` measures both).
+CPU). ``bench/rounds.py --part local`` measures them against a plain per-client loop.
 """
 from __future__ import annotations
 
@@ -126,9 +130,10 @@ class LocalClients(Clients):
         rows = self.rows = (torch.arange(g.k, device=g.device) if active is None
                             else active.nonzero().flatten())
         bad = byz[rows]
-        out = torch.zeros(len(rows), g.flat.dim, device=g.device)
+        out = torch.empty(len(rows), g.flat.dim, device=g.device)
         losses = torch.full((len(rows),), math.nan)   # skipped clients report no loss
         h = g.rows_to_compute(bad)
+        out[h:] = 0                                   # skipped: the attack overwrites them
         if h:
             losses[:h] = self.train(params, t, rows[:h], bad[:h], out[:h])
         g.losses = losses
@@ -152,14 +157,14 @@ class LocalClients(Clients):
         x, y = g.round_batches(t, bad, 0, drawn)
         g.grads_into(params, x, y, v, beta, ema)   # at the shared model: the group's fast path
         losses = g.losses
-        torch.mul(v, lr, out=out)                  # delta = 0 + lr v, exactly
-        if cfg.local_steps > 1:
-            theta = torch.empty_like(out)
-            for k in range(1, cfg.local_steps):
-                torch.sub(params.unsqueeze(0), out, out=theta)
-                x, y = g.round_batches(t, bad, k, drawn)
-                g.grads_into(theta, x, y, v, beta, ema, own=True)
-                out.add_(v, alpha=lr)
+        if cfg.local_steps == 1:
+            torch.mul(v, lr, out=out)              # delta = lr v, exactly
+        else:
+            torch.add(params.unsqueeze(0), v, alpha=-lr, out=out)  # out: the clients' models
+            steps = [g.round_batches(t, bad, k, drawn) for k in range(1, cfg.local_steps)]
+            g.local_steps(out, v, torch.stack([s[0] for s in steps]),
+                          torch.stack([s[1] for s in steps]), beta, ema, lr)
+            torch.sub(params.unsqueeze(0), out, out=out)          # delta = x - x_local
         if not prefix:
             put_rows(g.momenta, rows, v)
         return losses
