@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import main as main_mod
+from common.attacks import ATTACKS
+from common.attacks.omniscient import alie_vector, alie_z
 from common.errors import ConfigError
 from common.protocols import protocol_of
 from common.protocols.base import GradientClients
@@ -135,6 +137,51 @@ def test_local_lr_follows_the_schedule():
     cfg = Config(lr=0.2, local_lr=0.05, lr_schedule="step", lr_milestones=(3,), lr_gamma=0.5)
     assert local_lr(cfg, 0) == 0.05 and local_lr(cfg, 3) == pytest.approx(0.025)
     assert local_lr(Config(lr=0.2, lr_schedule="sqrt"), 3) == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------------------------
+# Attacks on deltas
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ATTACKS.names())
+def test_every_attack_runs_on_deltas(attack, tmp_path):
+    schedule = "fixed" if attack == "mimic2" else "random"
+    run(["--model", "softmax", "-n", "8", "-f", "2", "--agg", "cm", "--pre", "none",
+         "--attack", attack, "--byz-schedule", schedule, "--local-steps", "2",
+         "--clients-per-round", "5", "--rounds", "3", "--eval-every", "3", "--no-progress"],
+        tmp_path)
+    assert torch.isfinite(final_params(tmp_path)).all()
+
+
+def test_omniscient_attacks_craft_from_the_sampled_honest_deltas(tmp_path):
+    cfg, _ = parse_args(["--model", "softmax", "-n", "10", "-f", "3", "--agg", "cm", "--pre",
+                         "none", "--attack", "alie", "--local-steps", "3",
+                         "--clients-per-round", "6", "--byz-schedule", "random"])
+    tr = main_mod.in_process_trainer(cfg, str(tmp_path))
+    byz = np.zeros(10, bool)
+    byz[[2, 7, 9]] = True
+    clients = np.array([0, 2, 4, 5, 7, 8])
+    res = tr.transport.round(tr.server.params, 0, byz, clients)
+    assert res.messages.shape == (6, tr.problem.dim) and len(res.losses) == 6
+    honest = res.messages[[0, 2, 3, 5]]
+    z = alie_z(6, cfg.sampled_byzantine)                 # built for the m = 6 rows it sees
+    assert res.info["attack"]["z"] == pytest.approx(z)
+    torch.testing.assert_close(res.messages[1], alie_vector(honest, z))
+    torch.testing.assert_close(res.messages[4], res.messages[1])
+
+
+def test_backdoor_scales_the_delta_of_poisoned_local_training():
+    deltas = []
+    for scale in (1.0, 4.0):
+        cfg, _ = parse_args(["--model", "mlp", "-n", "6", "-f", "2", "--agg", "cm", "--pre",
+                             "none", "--attack", "backdoor", "--backdoor-scale", str(scale),
+                             "--local-steps", "3", "--clients-per-round", "4"])
+        group = make_worker_group(cfg, build_problem(cfg), range(6), CPU)
+        byz = torch.tensor([False] * 4 + [True] * 2)
+        active = torch.tensor([True, False, True, False, True, True])
+        deltas.append(group.compute(build_problem(cfg).init_params, 1, byz, active))
+    torch.testing.assert_close(deltas[1][2:], 4 * deltas[0][2:], rtol=0, atol=0)
+    torch.testing.assert_close(deltas[1][:2], deltas[0][:2], rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ for the update, and every client's parameters stream through memory once per ste
 chunks: clients are stepped :data:`CHUNK_BYTES` of parameters at a time, all steps of a chunk
 before the next, so their weights stay in cache across the steps (on the 2x200 MLP at n = 20,
 K = 5, b = 32: 77 ms in chunks of 4 clients, 81 ms all at once, 131 ms with ``vmap`` and 135
-ms for a plain per-client loop, measured by ``bench/rounds.py --part local``).
+ms for a plain per-client loop; bench/README.md, "Federated local steps").
 """
 from __future__ import annotations
 
