@@ -97,6 +97,8 @@ class Server:
                   clients: Sequence[int] | None = None) -> tuple[Tensor | None, dict]:
         """The robust update of round t and the rule's diagnostics (:func:`aggregate_usable`;
         ``clients``: the worker of each row, when the protocol samples them)."""
+        if hasattr(self.rule, "round"):   # a rule whose server-side work follows the round
+            self.rule.round = t
         return aggregate_usable(self.chain, self.rule, messages, honest, self.cfg.f, dropped,
                                 round_generator(self.cfg.run_seed, t, "server"),
                                 self.protocol.usable_rows,

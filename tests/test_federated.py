@@ -19,6 +19,7 @@ from common.errors import ConfigError
 from common.protocols import protocol_of
 from common.protocols.base import GradientClients
 from common.protocols.federated import FEDERATED, LocalClients, local_lr, sample_clients
+from common.protocols.fltrust import root_indices
 from common.run.config import Config, validate
 from common.run.flags import parse_args
 from common.run.io import read_metrics
@@ -184,6 +185,32 @@ def test_backdoor_scales_the_delta_of_poisoned_local_training():
     torch.testing.assert_close(deltas[1][:2], deltas[0][:2], rtol=0, atol=0)
 
 
+def test_fltrust_judges_updates_against_the_servers_own_k_step_update(tmp_path):
+    cfg, _ = parse_args(["--model", "softmax", "-n", "8", "-f", "2", "--agg", "fltrust", "--pre",
+                         "none", "--attack", "signflip", "--local-steps", "3",
+                         "--clients-per-round", "4", "--local-momentum", "0.5", "--root-size",
+                         "40", "--lr", "0.1", "--local-lr", "0.2", "--lr-schedule", "step",
+                         "--lr-milestones", "2"])
+    tr = main_mod.in_process_trainer(cfg, str(tmp_path))
+    ds, rule = tr.problem.dataset, tr.server.rule
+    root = root_indices(cfg, len(ds.y_train))
+    assert not set(root.tolist()) & set(torch.cat(tr.problem.shards).tolist())
+    x = tr.server.params + 0.1 * torch.randn(tr.problem.dim, generator=torch.Generator().manual_seed(0))
+    tr.server.params.copy_(x)
+    tr.server.aggregate(torch.randn(4, tr.problem.dim), torch.ones(4, dtype=torch.bool), 2)
+    assert rule.round == 2
+    rule.buf = None                            # from here by hand: 3 steps at 0.2 x 0.1
+    g0 = rule.g0()
+    model, theta, buf = tr.problem.model, x.clone(), torch.zeros_like(x)
+    for _ in range(3):
+        tr.problem.flat.load_into(model, theta)
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(ds.x_train[root].float()), ds.y_train[root]).backward()
+        buf = 0.5 * buf + torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        theta = theta - 0.02 * buf
+    torch.testing.assert_close(g0, x - theta, atol=1e-6, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------
 # Sampling
 
@@ -229,6 +256,8 @@ def test_sampled_clients_are_logged_and_only_they_send(tmp_path):
     (["--agg", "signmv", "--local-steps", "2"], "runs the sign protocol"),
     (["--agg", "rsa", "--pre", "none", "--momentum", "0", "--clients-per-round", "5"],
      "runs the model protocol"),
+    (["--agg", "diversefl", "--pre", "none", "--momentum", "0", "--local-steps", "3"],
+     "runs the diversefl protocol"),
     (["--clients-per-round", "5", "--defense-f", "5"], "--defense-f must be below m"),
     # krum at m = 6 rows with f = ceil(6 * 4 / 20) = 2: needs 6 >= 2f + 3
     (["--agg", "krum", "--pre", "none", "--clients-per-round", "6"], "krum needs"),

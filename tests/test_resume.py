@@ -59,6 +59,10 @@ CASES = {
     "federated": ["--agg", "cm", "--pre", "none", "--attack", "backdoor", "--local-steps", "3",
                   "--clients-per-round", "4", "--local-momentum", "0.9", "--byz-schedule",
                   "random"],
+    # ... and FLTrust: the server's own K-step update on its root set, its momentum buffer
+    "federated_fltrust": ["--agg", "fltrust", "--pre", "none", "--attack", "alie",
+                          "--local-steps", "2", "--clients-per-round", "4",
+                          "--local-momentum", "0.9", "--root-size", "50"],
 }
 
 

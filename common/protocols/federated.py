@@ -1,6 +1,7 @@
 """Federated mode: K local SGD steps per client and a seeded sample of m of the n clients per
 round (FedAvg, McMahan et al., AISTATS 2017), with Byzantine clients and any rule of the gradient
-protocol after any pre-aggregator chain.
+protocol after any pre-aggregator chain, or FLTrust (its reference is then the server's own
+update on its root set: :mod:`common.protocols.fltrust`).
 
 Round t. The server draws the round's participants, m of the n clients without replacement
 (:func:`sample_clients`, keyed by (seed, t): the same on every rank and after a resume), or
@@ -62,7 +63,7 @@ from torch import Tensor
 
 from common.aggregation.rules import RULES
 from common.errors import ConfigError, require
-from common.protocols.base import PROTOCOLS, Clients
+from common.protocols.base import PROTOCOLS, Clients, Protocol
 from common.protocols.gradient import Gradient
 from common.rows import put_rows, take_rows
 from common.run.schedule import learning_rate
@@ -175,21 +176,27 @@ class LocalClients(Clients):
 
 
 class Federated(Gradient):
-    """Federated mode: K local steps per client, m sampled clients per round; the deltas go
-    to any rule of the gradient protocol."""
+    """Client updates after K local steps, m sampled clients per round (any federated flag).
+
+    The updates go to any rule of the gradient protocol after any chain, or to FLTrust."""
 
     name = "federated"
 
     def claims(self, cfg) -> bool:
         return federated(cfg)
 
+    @staticmethod
+    def inner(cfg) -> Protocol:
+        """The protocol the run's rule names (gradient, or fltrust: its root set and server)."""
+        return PROTOCOLS.get(RULES.get(cfg.agg).protocol)
+
     def validate(self, cfg, chain) -> None:
-        rule = RULES.get(cfg.agg)
-        if rule.protocol != "gradient":
+        rule, inner = RULES.get(cfg.agg), self.inner(cfg)
+        if not isinstance(inner, Gradient) or inner.has_startup:
             raise ConfigError(f"federated mode (--local-steps, --local-lr, --local-momentum, "
                               f"--server-lr, --clients-per-round) sends client updates to the "
-                              f"rules of the gradient protocol; --agg {rule.name} runs the "
-                              f"{rule.protocol} protocol")
+                              f"rules of the gradient protocol and fltrust; --agg {rule.name} "
+                              f"runs the {rule.protocol} protocol")
         m, n = cfg.participants, cfg.num_workers
         require(cfg.f < m, f"the defense assumes f = {cfg.f} Byzantine rows among the m = {m} "
                 "clients of a round; --defense-f must be below m")
@@ -199,6 +206,12 @@ class Federated(Gradient):
 
     def clients(self, group) -> LocalClients:
         return LocalClients(group)
+
+    def reserved_samples(self, cfg, n_train: int) -> Tensor | None:
+        return self.inner(cfg).reserved_samples(cfg, n_train)
+
+    def server_rule(self, cfg, problem, device, params, n_in):
+        return self.inner(cfg).server_rule(cfg, problem, device, params, n_in)
 
     def participants(self, cfg, t: int) -> np.ndarray | None:
         m, n = cfg.participants, cfg.num_workers

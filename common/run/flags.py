@@ -353,7 +353,7 @@ def list_choices(detail: bool = True) -> str:
     ]
     titles = {"rule": "rules (--agg)", "pre-aggregator": "pre-aggregators (--pre, chain with "
               "commas; NAME:VALUE sets the first parameter)", "attack": "attacks (--attack)",
-              "protocol": "protocols (chosen by the rule)"}
+              "protocol": "protocols (chosen by the rule; federated by its flags)"}
     for reg in (RULES, PREAGGREGATORS, ATTACKS, PROTOCOLS):
         title = titles.get(reg.kind, reg.kind)
         if detail:
