@@ -170,7 +170,8 @@ class LocalClients(Clients):
             put_rows(g.momenta, rows, v)
         return losses
 
-    def craft(self, own, honest, t, rows, out=None):
+    def craft(self, own: Tensor, honest: Tensor | None, t: int, rows: Tensor,
+              out: Tensor | None = None) -> Tensor:
         """The attack on the message rows ``rows``, keyed by their clients."""
         return self.group.attack_craft(own, honest, t, self.rows[rows.to(self.rows.device)], out)
 
