@@ -13,125 +13,30 @@ are Config field names, so the same names appear in each run's ``config.json`` a
 * ``full`` (``FULL=1``): MNIST CNN / CIFAR-10 ResNet, as the papers; not run here.
 
 Every base spells out the data split, attack, pre-aggregator and momentum, so a grid never
-depends on the command line's defaults. The :class:`Layout` says how :mod:`experiments.report`
-arranges the table and figures; :mod:`experiments.paper` holds the paper's numbers beside ours.
+depends on the command line's defaults. :mod:`experiments.grid` holds the pieces (sizes,
+:class:`~experiments.grid.Layout`, runs); :mod:`experiments.paper` holds the paper's numbers beside ours.
 """
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-from typing import Any, Callable
-
-from common.errors import ConfigError, unknown_name
-
-Flags = dict[str, Any]
-
-DIGITS, FMNIST, FULL = "digits", "fmnist", "full"
-SIZES = (DIGITS, FMNIST, FULL)
-
-# The papers' clipping radius tau = 10 never binds on digits (MLP messages have norm < 1, so
-# CClip would be exactly the mean); 0.5 is about one honest message norm there.
-DIGITS_CCLIP_TAU = 0.5
-LAST5 = "last5_test_accuracy"
-FINAL = "final_test_accuracy"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How the report arranges an experiment (all entries are Config keys).
-
-    rows/cols: the table (mean +- std over seeds; the heat map uses the same grid).
-    facet_rows/facet_cols: the subplot grid of the accuracy-vs-round figure; every other varying
-    key becomes one line per subplot. selection: draw Krum's selection histogram. worst: the
-    table's last column is each row's worst case over the columns (e.g. attacks).
-    """
-
-    rows: tuple[str, ...]
-    cols: tuple[str, ...]
-    facet_rows: tuple[str, ...] = ()
-    facet_cols: tuple[str, ...] = ()
-    selection: bool = False
-    worst: bool = False
-
-
-@dataclass(frozen=True)
-class Run:
-    """One configuration: ``name`` is its directory under outputs/<experiment>/."""
-
-    name: str
-    flags: Flags
-
-    def argv(self, out_dir: str) -> list[str]:
-        """The ``main.py`` command line of this run, writing to ``out_dir``."""
-        args: list[str] = []
-        for k, v in self.flags.items():
-            if isinstance(v, (list, tuple)):
-                v = ",".join(str(x) for x in v)
-            args += ["--" + k.replace("_", "-"), str(v)]
-        return args + ["--output", out_dir, "--no-progress"]
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One experiment of ``bash run.sh NAME``: its runs (base flags x grid cells x seeds) at a
-    size, the claim it checks and how the report lays out its table and figures."""
-
-    name: str
-    title: str
-    claim: str  # the claim of ALGORITHMS.md this experiment checks
-    base: Callable[[str], Flags]  # size -> flags shared by every run
-    grid: Callable[[str], list[Flags]]  # size -> the varying flags, one dict per cell
-    layout: Layout
-    seeds: tuple[int, int, int] = (1, 3, 3)  # per size: digits, fmnist, full
-    # (cell, size) -> flags a cell implies (e.g. each model's lr), merged after the cell; they
-    # are not part of the run name, and the report leaves them out of the table when the
-    # layout's keys determine them.
-    implied: Callable[[Flags, str], Flags] | None = None
-    sizes: tuple[str, ...] = SIZES  # the sizes this experiment has
-    metric: str = FINAL  # the number the report's table shows (summary key or LAST5)
-
-    def runs(self, size: str = FMNIST, seeds: int | None = None,
-             rounds: int | None = None) -> list[Run]:
-        """Every run of the grid at ``size``: cells x seeds (``rounds`` overrides the base, for
-        smoke tests). ConfigError if the experiment has no such size."""
-        if size not in self.sizes:
-            raise ConfigError(f"experiment {self.name} has no {size} size; it has: "
-                              f"{', '.join(self.sizes)}")
-        base = dict(self.base(size))
-        if rounds is not None:
-            base["rounds"] = rounds
-            base["eval_every"] = min(base.get("eval_every", 10), rounds)
-        n_seeds = seeds if seeds is not None else self.seeds[SIZES.index(size)]
-        out = []
-        for cell in self.grid(size):
-            extra = self.implied(cell, size) if self.implied else {}
-            for s in range(n_seeds):
-                flags = {**base, **cell, **extra, "seed": s}
-                if size == DIGITS and flags.get("agg") == "cclip":
-                    flags.setdefault("cclip_tau", DIGITS_CCLIP_TAU)
-                out.append(Run(run_name(cell, s), flags))
-        names = [r.name for r in out]
-        assert len(set(names)) == len(names), f"{self.name}: duplicate run names"
-        return out
-
-
-def run_name(cell: Flags, seed: int) -> str:
-    """Directory name of a cell and seed, e.g. ``partition-noniid__agg-krum__pre-bucketing2__seed-0``."""
-    parts = [f"{k}-{v}" for k, v in cell.items()] + [f"seed-{seed}"]
-    return "__".join(p.replace(":", "").replace(",", "+").replace("/", "") for p in parts)
-
-
-def product(**axes: list) -> list[Flags]:
-    """All combinations of the axes, in the given key order."""
-    keys = list(axes)
-    return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
-
+from common.errors import unknown_name
+from experiments.grid import (  # noqa: F401  (the runner and the reports read them from here)
+    DIGITS,
+    FINAL,
+    FMNIST,
+    FULL,
+    LAST5,
+    NEUTRAL,
+    SIZES,
+    Experiment,
+    Flags,
+    Layout,
+    Run,
+    product,
+    run_name,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Shared settings
-
-NEUTRAL: Flags = dict(partition="iid", attack="none", pre="none", momentum=0.0,
-                      momentum_style="heavyball", server_momentum=0.0, weight_decay=0.0)
 
 
 def bucketing_base(size: str) -> Flags:
@@ -333,6 +238,26 @@ def _defenses_grid(size: str) -> list[Flags]:
             and (size == FULL or c["agg"] not in DEFENSE_BUCKETED_ONLY or c["pre"] == "bucketing:2")]
 
 
+# Federated mode: FedAvg, K local steps on m = 20 of n = 50 clients, 10 Byzantine (f = 4 of the
+# sample assumed), local lr 0.1, server lr 1; CClip's tau 0.5 (the updates' norms are 0.2-0.9).
+FEDAVG_RULES = [("mean", "none"), ("cm", "none"), ("cclip", "none"), ("cclip", "nnm"), ("dnc", "none")]
+
+
+def _fedavg_base(size: str) -> Flags:
+    small = size == DIGITS
+    return {**NEUTRAL, "model": "mlp", "partition": "dirichlet:0.3", "batch_size": 32, "lr": 0.1,
+            "local_lr": 0.1, "server_lr": 1.0, "dataset": "digits" if small else "fashionmnist",
+            "num_workers": 20 if small else 50, "num_byzantine": 4 if small else 10,
+            "clients_per_round": 10 if small else 20, "rounds": 100 if small else 200,
+            "eval_every": 5 if small else 10}
+
+
+def _fedavg_grid(size: str) -> list[Flags]:  # and the mean without attack, the reference
+    cells = [(agg, pre, a) for agg, pre in FEDAVG_RULES for a in ("alie", "ipm", "signflip")]
+    return [dict(local_steps=k, agg=agg, pre=pre, attack=a)
+            for k in (1, 5) for agg, pre, a in cells + [("mean", "none", "none")]]
+
+
 def _smoke_base(size: str) -> Flags:
     return {**NEUTRAL, "dataset": "digits", "model": "softmax", "num_workers": 6,
             "num_byzantine": 1, "batch_size": 16, "lr": 0.1, "rounds": 6, "eval_every": 2,
@@ -454,6 +379,16 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         Layout(rows=("agg", "pre"), cols=("attack",), facet_rows=("attack",), facet_cols=("pre",),
                worst=True),
         seeds=(1, 2, 3)),
+    Experiment(
+        "fedavg", "FedAvg on Fashion-MNIST: n = 50, m = 20 per round, Dirichlet 0.3, K in {1, 5}, "
+        "f = 4 of the sample: mean, CM, CClip, NNM + CClip, DnC under ALIE, IPM, sign flip",
+        "Robust rules keep FedAvg training under attack with local steps and partial participation; "
+        "K = 5 needs fewer rounds of communication than K = 1 (this project's, not a paper's).",
+        _fedavg_base, _fedavg_grid, Layout(rows=("local_steps", "agg", "pre"), cols=("attack",),
+                                           facet_rows=("attack",), facet_cols=("local_steps",),
+                                           worst=True), seeds=(1, 2, 2),
+        implied=lambda cell, size: {"cclip_tau": 0.5} if cell["agg"] == "cclip" else {},
+        sizes=(DIGITS, FMNIST), metric=LAST5),
 ]}
 
 # Order of `bash run.sh all` (smoke is only a pipeline check).

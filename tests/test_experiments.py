@@ -111,6 +111,12 @@ def test_every_grid_is_well_formed(tmp_path):
     # the no-attack reference at both momenta; 3 seeds on Fashion-MNIST.
     assert len(grids.get("attacks").runs()) == (120 + 2) * 3
     assert len(grids.get("attacks").runs("digits")) == 120 + 2
+    # fedavg: (5 rules x 3 attacks + the mean without attack) x K in {1, 5}, 2 seeds; every run
+    # samples 20 of 50 clients and its rule assumes f = 4 of them
+    fedavg = grids.get("fedavg").runs()
+    assert len(fedavg) == (5 * 3 + 1) * 2 * 2 and len(grids.get("fedavg").runs("digits")) == 32
+    assert {(r.flags["clients_per_round"], r.flags["num_workers"]) for r in fedavg} == {(20, 50)}
+    assert {r.flags["local_steps"] for r in fedavg} == {1, 5}
     with pytest.raises(ConfigError, match="no full size; it has: fmnist"):
         grids.get("attacks_cnn").runs("full")
     with pytest.raises(ConfigError, match="choose one of: all, attacks"):

@@ -32,7 +32,7 @@ def readme_commands() -> list[str]:
     text = open(README).read()
     out = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # continued lines joined
             line = re.split(r"\s#", line, maxsplit=1)[0].strip()
             if line and not line.startswith("#"):
                 out += [c.strip() for c in line.split("&&")]

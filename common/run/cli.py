@@ -97,7 +97,9 @@ def prepare_run(cfg: Config, run_dir: str, resume: bool, overwrite: bool = False
                               "more")
         stamp = ck.get("fingerprint")
         if isinstance(stamp, dict) and isinstance(stamp.get("config"), dict):
-            diffs = config_differences(stamp["config"], cfg.to_dict())
+            # a field added since the checkpoint was written ran at its default
+            saved = {**fingerprint(Config().to_dict()), **stamp["config"]}
+            diffs = config_differences(saved, cfg.to_dict())
             if diffs:
                 raise refuse(run_dir, "config.json does not describe the run of checkpoint.pt "
                              "(edited, or another run's); restore it or start a new run", diffs)

@@ -18,12 +18,13 @@ from typing import Any
 
 from common.aggregation.preagg import make_chain
 from common.aggregation.rules import RULES
-from common.attacks import ATTACKS, make_attack
+from common.attacks import ATTACKS, run_attack
 from common.compute.paths import GRAD_PATHS
 from common.data import datasets, models, partition
 from common.errors import ConfigError, require, unknown_name, warn
 from common.params import declared_params
 from common.protocols import protocol_of
+from common.protocols.federated import check_federated
 from common.run.plugins import load_plugins
 from common.run.schedule import BYZ_SCHEDULES, LR_SCHEDULES
 
@@ -101,11 +102,31 @@ class Config:
     threads: int = 0
     progress: bool = True
     plugins: tuple[str, ...] = ()
+    # federated mode (common/protocols/federated.py): on when any of these differs from its
+    # default; --participation P on the command line sets clients_per_round
+    local_steps: int = 1
+    local_lr: float | None = None  # None: --lr (and its schedule)
+    local_momentum: float | None = None  # None: --momentum
+    server_lr: float | None = None  # None: 1 (FedAvg)
+    clients_per_round: int = 0  # 0: every client, every round
 
     @property
     def f(self) -> int:
-        """The number of Byzantine workers the defense assumes."""
-        return self.num_byzantine if self.defense_f is None else self.defense_f
+        """The number of Byzantine rows the defense assumes among a round's
+        :attr:`participants`: ``--defense-f``, else :attr:`sampled_byzantine`."""
+        return self.sampled_byzantine if self.defense_f is None else self.defense_f
+
+    @property
+    def participants(self) -> int:
+        """m, the clients whose messages the server aggregates each round (n unless
+        ``--clients-per-round``)."""
+        return self.clients_per_round or self.num_workers
+
+    @property
+    def sampled_byzantine(self) -> int:
+        """The Byzantine workers' share of a round's m participants, rounded up:
+        ceil(m f / n) (f itself when every worker takes part)."""
+        return -(-self.participants * self.num_byzantine // self.num_workers)
 
     @property
     def run_seed(self) -> int:
@@ -172,8 +193,10 @@ class Config:
     def run_name(self) -> str:
         """The default run directory name (under ``outputs/``)."""
         pre = "" if not self.pre or self.pre == "none" else "+" + self.pre.replace(":", "").replace(",", "+")
+        fed = (f"_K{self.local_steps}" if self.local_steps != 1 else "") + (
+            f"_m{self.clients_per_round}" if self.clients_per_round else "")
         return (f"{self.dataset}_{self.model}_{self.partition.replace(':', '')}_{self.agg}{pre}_"
-                f"{self.attack}_n{self.num_workers}_f{self.num_byzantine}_s{self.run_seed}")
+                f"{self.attack}_n{self.num_workers}_f{self.num_byzantine}{fed}_s{self.run_seed}")
 
 
 #: The learning rate of plain SGD when --lr is not given (it trains the MLP and softmax models
@@ -315,12 +338,13 @@ def validate(cfg: Config) -> None:
     _check_fields(cfg)
     if cfg.lr is None:
         cfg.lr = default_lr(cfg.momentum, cfg.momentum_style)
+    check_federated(cfg)
     cfg.agg, cfg.attack = RULES.get(cfg.agg).name, ATTACKS.get(cfg.attack).name
     cfg.agg_params = RULES.resolve(cfg.agg, cfg.agg_params)
     cfg.attack_params = ATTACKS.resolve(cfg.attack, cfg.attack_params)
-    chain = make_chain(cfg.pre, cfg.num_workers, cfg.f)
+    chain = make_chain(cfg.pre, cfg.participants, cfg.f)
     protocol_of(cfg).validate(cfg, chain)
-    for text in chain.warnings(cfg.num_workers):
+    for text in chain.warnings(cfg.participants):
         warn(text)
     if 2 * cfg.num_byzantine >= cfg.num_workers and cfg.num_byzantine:
         warn(f"f={cfg.num_byzantine} of n={cfg.num_workers} workers are Byzantine: no rule can "
@@ -333,4 +357,4 @@ def validate(cfg: Config) -> None:
              "repeated one twice)")
     attack = ATTACKS.get(cfg.attack)
     attack.check_config(cfg)
-    make_attack(cfg.attack, cfg.num_workers, cfg.num_byzantine, 10, **cfg.attack_params)
+    run_attack(cfg, 10)

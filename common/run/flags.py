@@ -166,8 +166,29 @@ def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
                    "otherwise)")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
+    _add_federated(p, d)
     _add_declared(p)
     return p
+
+
+def _add_federated(p: argparse.ArgumentParser, d: Config) -> None:
+    """The federated mode's flags (common/protocols/federated.py); any of them given turns it on."""
+    g = p.add_argument_group("federated mode (any of these turns it on; the rule aggregates the "
+                             "clients' updates x - x_local)")
+    g.add_argument("--local-steps", type=int, default=d.local_steps, metavar="K",
+                   help="local SGD steps per client and round, each on a fresh minibatch")
+    g.add_argument("--local-lr", type=float, default=d.local_lr,
+                   help="the clients' step size; unset: --lr (--lr-schedule scales it)")
+    g.add_argument("--local-momentum", type=float, default=d.local_momentum,
+                   help="the clients' momentum, kept across their rounds; unset: --momentum")
+    g.add_argument("--server-lr", type=float, default=d.server_lr,
+                   help="the server's step on the aggregated update; unset: 1 (FedAvg)")
+    g.add_argument("--clients-per-round", type=int, default=d.clients_per_round, metavar="M",
+                   help="clients drawn at random (seeded) each round; the others sit it out "
+                   "(0: all); --defense-f is then f among the M (unset: ceil(M f / n))")
+    g.add_argument("--participation", type=float, default=None, metavar="P",
+                   help="the fraction of the clients drawn each round: --clients-per-round "
+                   "round(P n), at least 1; unset: --clients-per-round")
 
 
 def _add_declared(p: argparse.ArgumentParser) -> None:
@@ -253,6 +274,8 @@ def parse_args(argv: Sequence[str] | None = None,
         raise ConfigError(f"--bucketing S needs a bucket size S >= 1 (0 disables), got {ns.bucketing}")
     if ns.bucketing is not None:
         values["pre"] = f"bucketing:{ns.bucketing}" if ns.bucketing > 0 else "none"
+    if ns.participation is not None:
+        values["clients_per_round"] = _participation(ns.participation, values, given)
     params = _given_params(ns)
     if not ns.config:
         _protocol_defaults(values, given | set(params))
@@ -302,6 +325,16 @@ def _save_catalog(parser: argparse.ArgumentParser) -> None:
 _CATALOG_SAVED: list[str] = []
 
 
+def _participation(p: float, values: dict, given: set[str]) -> int:
+    """``--participation P`` as the clients per round: round(P n), at least 1."""
+    if "clients_per_round" in given:
+        raise ConfigError("give --clients-per-round or --participation, not both")
+    if not 0 < p <= 1:
+        raise ConfigError(f"--participation must be in (0, 1], got {p}")
+    n = values["num_workers"]
+    return max(1, round(p * n)) if isinstance(n, int) else 0
+
+
 def _given_params(ns: argparse.Namespace) -> dict:
     """The declared parameters given as flags, by key, each checked by its declaration (also
     those of rules and attacks this run does not use: an out-of-range value is a typo whichever
@@ -343,7 +376,7 @@ def list_choices(detail: bool = True) -> str:
     ]
     titles = {"rule": "rules (--agg)", "pre-aggregator": "pre-aggregators (--pre, chain with "
               "commas; NAME:VALUE sets the first parameter)", "attack": "attacks (--attack)",
-              "protocol": "protocols (chosen by the rule)"}
+              "protocol": "protocols (chosen by the rule; federated by its flags)"}
     for reg in (RULES, PREAGGREGATORS, ATTACKS, PROTOCOLS):
         title = titles.get(reg.kind, reg.kind)
         if detail:
