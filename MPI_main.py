@@ -16,11 +16,20 @@ from __future__ import annotations
 import common.run.startup  # noqa: F401  (first: settings read when torch loads)
 
 # isort: split
-import json
 import os
+import sys
+
+from common.run.catalog import answer_without_torch
+
+if __name__ == "__main__":  # --help, --list and flag errors answered before torch loads; under
+    # mpiexec every rank answers the same way and only rank 0 prints (MPICH / Open MPI set these)
+    _RANK = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "0"
+    answer_without_torch(sys.argv[1:], "MPI_main.py", quiet=_RANK != "0")
+
+# isort: split
+import json
 import signal
 import socket
-import sys
 import traceback
 
 import numpy as np
@@ -62,7 +71,8 @@ def _rank_count(size: int):
 def _resolve(argv, size: int) -> tuple[int, int, dict | None, str, bool]:
     """Rank 0: (RUN/EXIT, exit code, config dict, run dir, resume?). Prints its own errors."""
     try:
-        resolved = resolve_run(argv, "MPI_main.py", check=_rank_count(size))
+        resolved = resolve_run(argv, "MPI_main.py", check=_rank_count(size),
+                               launcher=f"mpiexec -n {size}")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT, 2, None, "", False

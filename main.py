@@ -1,6 +1,7 @@
 """Single-machine simulation: all n workers in this process, one vectorised worker group.
 
-    python main.py                       # digits, non-iid, ALIE attack, CClip + bucketing
+    python main.py                       # digits, 20 workers, iid, the plain mean, no attack
+    python main.py --noniid -f 4 --attack ipm --agg rfa --bucketing 2     # the showcase
     python main.py -n 25 -f 5 --agg cm --attack ipm --noniid --bucketing 2 --momentum 0.9
     python main.py --help | --list
 
@@ -16,6 +17,13 @@ import common.run.startup  # noqa: F401  (first: settings read when torch loads)
 
 # isort: split
 import sys
+
+from common.run.catalog import answer_without_torch
+
+if __name__ == "__main__":  # --help, --list and flag errors answered before torch loads
+    answer_without_torch(sys.argv[1:], "main.py")
+
+# isort: split
 from dataclasses import dataclass
 from typing import Any
 

@@ -102,7 +102,7 @@ def child(dims: list[int], base_reps: int) -> None:
 
             w = WorkerRank(cfg, problem, torch.device("cpu"), comm)
             pre = torch.from_numpy(msg)
-            w.group.compute = lambda params, t, byz: pre  # communication only
+            w.group.compute = lambda params, t, byz, active=None: pre  # communication only
             w.serve()
         comm.Barrier()
 

@@ -6,6 +6,8 @@
     python bench/rounds.py --part paths       # linear vs vmap vs loop: softmax, mlp, cnn, resnet20
     python bench/rounds.py --part memory      # ResNet-18 round: peak RSS vs the (n, d) stack
     python bench/rounds.py --part default     # wall time of `python main.py` (no arguments)
+    python bench/rounds.py --part local       # federated local steps: vectorised vs a per-client
+                                              # loop vs one step (client-steps per second)
 
 A round is :meth:`master.trainer.Trainer.round` without evaluation: batches, honest gradients,
 momentum, attack, pre-aggregation, rule, step. The compute floor is the faster of (i) one
@@ -178,6 +180,68 @@ def part_memory(ns: list[int], threads: int) -> None:
               f"{per_worker / (s1 / n1):.2f} x a d-vector")
 
 
+def plain_local_loop(problem, x: torch.Tensor, y: torch.Tensor, params: torch.Tensor,
+                     lr: float) -> torch.Tensor:
+    """The per-client loop a FedAvg implementation runs: for each client, load the global
+    model into the module, take K plain SGD steps on its K batches (x: (K, n, b, ...)), and
+    return the (n, d) deltas."""
+    model, flat = problem.model, problem.flat
+    out = torch.empty(x.shape[1], flat.dim)
+    for i in range(x.shape[1]):
+        flat.load_into(model, params)
+        for k in range(x.shape[0]):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[k, i]), y[k, i]).backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.sub_(p.grad, alpha=lr)
+        torch.sub(params, flat.flatten(model), out=out[i])
+    return out
+
+
+def part_local(reps: int, k_steps: int, settings: list[tuple[str, int, int]]) -> None:
+    print(f"\n== federated local steps, K = {k_steps}: client-steps per second (Fashion-MNIST, "
+          f"momentum 0; {torch.get_num_threads()} thread(s), median of {reps}, the variants "
+          "interleaved): the group's round (common/protocols/federated.py) on the model's path "
+          "(auto), on vmap and on its loop; a plain per-client loop of SGD steps; one step (K = 1, "
+          "the gradient protocol)")
+    print(f"{'model':<8}{'n':>4}{'b':>4}{'path':>7}{'auto':>8}{'vmap':>8}{'own loop':>10}"
+          f"{'plain loop':>12}{'one step':>10}{'x plain':>9}{'/ 1 step':>10}")
+    for model, n, b in settings:
+        kw = dict(dataset="fashionmnist", model=model, num_workers=n, num_byzantine=0,
+                  attack="none", agg="mean", pre="none", batch_size=b, momentum=0.0,
+                  partition="iid", lr=0.05)
+        problem = build_problem(Config(**kw))
+        params = problem.init_params
+        byz = torch.zeros(n, dtype=torch.bool)
+        jobs, steps, path = {}, {}, ""
+        for what, extra in (("auto", dict(local_steps=k_steps)),
+                            ("vmap", dict(local_steps=k_steps, grad_path="vmap")),
+                            ("own loop", dict(local_steps=k_steps, grad_path="loop")),
+                            ("one step", {})):
+            group = make_worker_group(Config(**kw, **extra), problem, range(n), CPU)
+            rounds = iter(range(10**6))
+            jobs[what] = (lambda g, r: lambda: g.compute(params, next(r), byz))(group, rounds)
+            steps[what] = n * (k_steps if extra else 1)
+            path = path or group.path
+        drawn = [group.batches(0, k) for k in range(k_steps)]
+        x, y = torch.stack([d[0] for d in drawn]), torch.stack([d[1] for d in drawn])
+        jobs["plain loop"] = lambda: plain_local_loop(problem, x, y, params, 0.05)
+        steps["plain loop"] = n * k_steps
+        times: dict[str, list[float]] = {what: [] for what in jobs}
+        for rep in range(reps + 1):          # the first pass warms up
+            for what, job in jobs.items():
+                t0 = time.perf_counter()
+                job()
+                if rep:
+                    times[what].append(time.perf_counter() - t0)
+        rate = {what: steps[what] / statistics.median(ts) for what, ts in times.items()}
+        a = rate["auto"]
+        print(f"{model:<8}{n:>4}{b:>4}{path:>7}{a:>8.0f}{rate['vmap']:>8.0f}"
+              f"{rate['own loop']:>10.0f}{rate['plain loop']:>12.0f}{rate['one step']:>10.0f}"
+              f"{a / rate['plain loop']:>9.2f}{a / rate['one step']:>10.2f}", flush=True)
+
+
 def part_default() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = time.time()
@@ -190,8 +254,11 @@ def part_default() -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", choices=("all", "rounds", "paths", "memory", "default"),
+    p.add_argument("--part", choices=("all", "rounds", "paths", "memory", "default", "local"),
                    default="all")
+    p.add_argument("--local-steps", type=int, default=5, help="K of --part local")
+    p.add_argument("--local-models", default="softmax:20,mlp:20,mlp:20:10,mlp:100,cnn:10",
+                   help="MODEL:N[:BATCH] settings of --part local (batch 32 unless given)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--memory-n", default="20,100",
@@ -207,6 +274,9 @@ def main(argv=None) -> None:
         part_paths(a.reps)
     if a.part in ("all", "memory"):
         part_memory([int(v) for v in a.memory_n.split(",")], torch.get_num_threads())
+    if a.part in ("all", "local"):
+        part_local(a.reps, a.local_steps, [(m, int(n), int(b[0]) if b else 32) for m, n, *b in
+                                           (s.split(":") for s in a.local_models.split(","))])
     if a.part in ("all", "default"):
         part_default()
 

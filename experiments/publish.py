@@ -23,7 +23,7 @@ def publish(exp_dir: str, dest_root: str = os.path.join("docs", "results")) -> l
 
     exp_dir = os.path.normpath(exp_dir)
     if not os.path.isfile(os.path.join(exp_dir, "report.md")):
-        raise FileNotFoundError(f"{exp_dir}/report.md missing: run python -m common.report {exp_dir}")
+        raise FileNotFoundError(f"{exp_dir}/report.md missing: run python -m experiments.report {exp_dir}")
     dest = os.path.join(dest_root, os.path.basename(exp_dir))
     os.makedirs(dest, exist_ok=True)
     written = []

@@ -133,8 +133,10 @@ def _markdown(name, runs, unfinished, keys, rows, cols, figures, implied=(), sho
     fixed = [k for k in ("dataset", "model", "num_workers", "num_byzantine", "defense_f", "partition",
                          "agg", "pre", "attack", "momentum", "momentum_style", "lr", "batch_size",
                          "rounds") if k not in keys and k in c]
+    hours = sum(float(r.summary.get("wall_seconds", 0.0)) for r in runs) / 3600
     out += ["Setting: " + ", ".join(f"{k}={c[k]}" for k in fixed) +
-            f"; {len(runs)} runs, seeds {seeds}.", ""]
+            f"; {len(runs)} runs, seeds {seeds}; {hours:.2f} h of run time in all (the runs' "
+            "wall_seconds summed: one process each, single-threaded for softmax/MLP).", ""]
     if implied:
         out += ["Set per cell by the table's keys (values in results.csv): " +
                 ", ".join(implied) + ".", ""]

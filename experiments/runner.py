@@ -15,6 +15,8 @@ skipped (``--force`` reruns it), so an interrupted grid continues where it stopp
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import multiprocessing as mp
 import os
 import sys
@@ -71,10 +73,12 @@ def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str, flo
 
 
 def check(exp: Experiment, runs: list[Run], out_root: str) -> None:
-    """Validate every run's command line before starting any (ConfigError on the first bad one)."""
+    """Validate every run's command line before starting any (ConfigError on the first bad one).
+    Warnings are left to the runs themselves (a grid would repeat each one per seed)."""
     for r in runs:
         try:
-            parse_args(r.argv(os.path.join(out_root, exp.name, r.name)))
+            with contextlib.redirect_stderr(io.StringIO()):
+                parse_args(r.argv(os.path.join(out_root, exp.name, r.name)))
         except ConfigError as e:
             raise ConfigError(f"experiment {exp.name} cannot run yet ({r.name}): {e}") from None
 
@@ -134,6 +138,16 @@ def run_experiment(exp: Experiment, *, size: str = DIGITS, jobs: int = 1, seeds:
     return exp_dir
 
 
+def plan(exp: Experiment, size: str, seeds: int | None, rounds: int | None, out_root: str) -> None:
+    """``--dry-run``: check every command line of the grid (ConfigError on the first bad one)
+    and print how many runs would go where, and the first one's ``main.py`` command."""
+    runs = exp.runs(size, seeds=seeds, rounds=rounds)
+    check(exp, runs, out_root)
+    exp_dir = experiment_dir(out_root, exp.name, size)
+    print(f"== {exp.name} ({size}): {len(runs)} runs -> {exp_dir}; all command lines check; "
+          f"the first: python main.py {' '.join(runs[0].argv(os.path.join(exp_dir, runs[0].name)))}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="run.sh", description="Run the experiment grids.")
     p.add_argument("name", nargs="?", help="experiment name or 'all' (none: list them)")
@@ -150,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", default=os.environ.get("FORCE", "0") == "1",
                    help="rerun configurations that already finished ($FORCE=1)")
     p.add_argument("--out", default=os.environ.get("OUT", "outputs"), help="output root ($OUT)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every run's command line and print the plan; run nothing")
     ns = p.parse_args(argv)
     if not ns.name:
         print("usage: bash run.sh NAME|all [-j N]   (SIZE=digits for the quick size, FULL=1 for "
@@ -179,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     for exp in exps:
         try:
+            if ns.dry_run:
+                plan(exp, size, ns.seeds, ns.rounds, ns.out)
+                continue
             run_experiment(exp, size=size, jobs=ns.jobs, seeds=ns.seeds, rounds=ns.rounds,
                            force=ns.force, out_root=ns.out)
         except ConfigError as e:

@@ -1,4 +1,4 @@
-"""Worst-case tables of an experiment whose :class:`~experiments.spec.Layout` names ``worst_over``
+"""Worst-case tables of an experiment whose :class:`~experiments.grid.Layout` names ``worst_over``
 (e.g. the attack): each cell's least seed mean over those keys and which value gave it, the
 headline per defense, the adaptive-vs-fixed comparison, the cells left out, and worstcase.csv."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from experiments.grid import LAST5, PEAK, Flags, Layout
 from experiments.runlogs import SHORT, RunLog, _hashable, _ordered, key_cells, label, write_csv
-from experiments.spec import LAST5, PEAK, Flags, Layout
 
 __all__ = ["Worst", "seed_mean", "worst_cells", "worst_layout", "sections", "write_worst_csv",
            "MARGIN"]
@@ -210,14 +210,13 @@ def _what(metric: str) -> str:
             "evaluations (seed mean)"}.get(metric, "final test accuracy (seed mean)")
 
 
-def _time(runs: Sequence[RunLog], cpu: dict[str, float]) -> str:
-    """The runs' CPU time as the runner logged it, and their training wall time."""
-    wall = sum(float(r.summary.get("wall_seconds", 0.0)) for r in runs)
+def _cpu(runs: Sequence[RunLog], cpu: dict[str, float]) -> list[str]:
+    """The runs' CPU time as the runner logged it (the Setting line sums their wall time)."""
     logged = [cpu[r.name] for r in runs if r.name in cpu]
-    used = (f"CPU time of {len(logged)} of these {len(runs)} runs (the runner's cpu.csv): "
-            f"{sum(logged):.0f} s = {sum(logged) / 3600:.2f} h; " if logged else "")
-    text = used + f"training time (sum of the runs' wall_seconds): {wall:.0f} s = {wall / 3600:.2f} h."
-    return text[0].upper() + text[1:]
+    if not logged:
+        return []
+    return [f"CPU time of {len(logged)} of these {len(runs)} runs (the runner's cpu.csv): "
+            f"{sum(logged):.0f} s = {sum(logged) / 3600:.2f} h.", ""]
 
 
 def sections(runs: Sequence[RunLog], lay: Layout, shown: Sequence[str], metric: str,
@@ -226,7 +225,7 @@ def sections(runs: Sequence[RunLog], lay: Layout, shown: Sequence[str], metric: 
     """The markdown sections of a worst-case report (module docstring); ``paper`` gives a
     reference's number per cell, from ``source``; ``cpu``: run name -> CPU seconds."""
     rows, cols, frows, fcols, over = worst_layout(lay, shown)
-    out = [_time(runs, cpu or {}), ""]
+    out = _cpu(runs, cpu or {})
     out += _skipped(skipped, runs) + _headline(runs, rows, cols, frows, fcols, over, metric)
     out += ["## Worst case per " + (_names(frows + fcols) or "experiment"), "",
             f"Each cell: the least {_what(metric)} over {_names(over)} and which gave it" +

@@ -24,7 +24,7 @@ decay 1e-4, batch 25, 800 steps, an evaluation every 50; iid vs the extreme non-
 (sorted labels); the worst case over ByzFL's attack set: its SignFlipping (minus the honest mean:
 our ``ipm`` with eps = 1), Opt-IPM and Opt-ALIE with ByzFL's search (20 evaluations from 0 in
 steps of 10: our defaults). The number is ByzFL's: the highest evaluation of the seed-mean
-accuracy curve (:data:`~experiments.spec.PEAK`). f = 0 without attack is the reference. 52 runs,
+accuracy curve (:data:`~experiments.grid.PEAK`). f = 0 without attack is the reference. 52 runs,
 1 seed (``full``: 3): about 4500 s of CPU (measured: 114-148 s per Opt-* run of 800 steps).
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ from common.aggregation.preagg import make_chain
 from common.aggregation.rules import RULES
 from common.attacks.optimal import unsupported
 from common.errors import ConfigError
-from experiments.spec import DIGITS, FMNIST, FULL, NEUTRAL, PEAK, Experiment, Flags, Layout, product
+from experiments.grid import DIGITS, FMNIST, FULL, NEUTRAL, PEAK, Experiment, Flags, Layout, product
 
 __all__ = ["ATTACK_SET", "HETEROGENEITY", "WORST_RULES", "worstcase_experiments", "skip_reason"]
 

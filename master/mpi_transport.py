@@ -24,12 +24,13 @@ import torch
 from mpi4py import MPI
 from torch import Tensor
 
-from common.attacks import make_attack
+from common.attacks import run_attack
 from common.protocols import protocol_of
 from common.run.config import Config
 from common.run.problem import Problem
 from common.wire.codecs import decode_info, decode_state, encode_state
 from common.wire.commands import (
+    ABSENT,
     CMD_LOAD,
     CMD_ROUND,
     CMD_STARTUP,
@@ -86,8 +87,7 @@ class MPITransport(Transport):
         self.scratch = np.empty(DRAIN_BYTES, np.uint8)
         # The schema of the workers' state (tensor names, per-worker shapes and dtypes, attack
         # state keys) comes from the protocol and a fresh attack, without asking any worker.
-        self.attack = make_attack(cfg.attack, cfg.num_workers, cfg.num_byzantine,
-                                  problem.dataset.num_classes, **cfg.attack_params)
+        self.attack = run_attack(cfg, problem.dataset.num_classes)
         self.omniscient = self.attack.omniscient and self.wire.floating
         self.stateful = self.attack.stateful
         schema = self.protocol.state_schema(cfg, self.d)
@@ -141,11 +141,14 @@ class MPITransport(Transport):
         while not req.Test():
             self._poll(live, b)
 
-    def _command(self, cmd: int, t: int = 0, byz: np.ndarray | None = None) -> int:
+    def _command(self, cmd: int, t: int = 0, byz: np.ndarray | None = None,
+                 absent: np.ndarray | None = None) -> int:
         self.seq += 1
         h = self.header
         h[0], h[1], h[2] = cmd, t, self.seq
         h[HEADER:] = 0 if byz is None else byz
+        if absent is not None:
+            h[HEADER:] |= absent.astype(np.int64) * ABSENT
         self._wait(self.comm.Ibcast(h, root=0))
         return self.seq
 
@@ -211,34 +214,48 @@ class MPITransport(Transport):
         self.pending.append((self.comm.Isend([buf, self.MPI.BYTE], dest=dest, tag=tg), buf))
 
     # -- one round -----------------------------------------------------------------------------
-    def round(self, params: Tensor, t: int, byz: np.ndarray) -> RoundResult:
+    def round(self, params: Tensor, t: int, byz: np.ndarray,
+              clients: np.ndarray | None = None) -> RoundResult:
+        """Round t; with ``clients`` (a sorted sample) only their ranks answer, with their
+        rows, and a rank with none of them idles (the header marks the others absent)."""
         self.busy = True
         drained_before = dict(self.drained_from)
         seq = self.seq + 1
         live = {tag(seq, KIND_MSG), tag(seq, KIND_TRAILER)}
+        rows = self.receiver.arrange(clients) if clients is not None else [
+            range(g.start, g.stop) for g in self.groups]
+        absent = None
+        if clients is not None:
+            absent = np.ones(self.n, bool)
+            absent[clients] = False
+        bad = byz if clients is None else byz[clients]   # per message row
         # Receives are posted before the broadcast so answers land directly in place.
         expect = {r: [self._irecv(self.receiver.buffer(r), r, tag(seq, KIND_MSG)),
-                      self._irecv(self.trailers[r - 1], r, tag(seq, KIND_TRAILER))]
-                  for r in range(1, len(self.groups) + 1)}
-        self._command(CMD_ROUND, t, byz)
+                      self._irecv(self.trailers[r - 1][:4 * len(rr) + INFO_BYTES], r,
+                                  tag(seq, KIND_TRAILER))]
+                  for r, rr in enumerate(rows, 1) if len(rr)}
+        self._command(CMD_ROUND, t, byz, absent)
         p = params.detach().to("cpu", torch.float32).contiguous().numpy()
         self._wait(self.comm.Ibcast([p, self.MPI.FLOAT], root=0), live)
         rank_status = self._collect(expect, live)
 
-        status = [OK] * self.n
-        losses = torch.full((self.n,), float("nan"))
+        status = [OK] * len(bad)
+        losses = torch.full((len(bad),), float("nan"))
         info: dict = {}
-        for r, g in enumerate(self.groups, 1):
+        for r, rr in enumerate(rows, 1):
+            if not len(rr):
+                continue
             if rank_status[r] != OK:
-                status[g.start:g.stop] = [rank_status[r]] * len(g)
+                status[rr.start:rr.stop] = [rank_status[r]] * len(rr)
                 continue
             tr = self.trailers[r - 1]
-            losses[g.start:g.stop] = torch.from_numpy(tr[:4 * len(g)].view(np.float32).copy())
-            if not info and not self.omniscient and byz[g.start:g.stop].any():
-                info = decode_info(tr[4 * len(g):]) or {}
+            losses[rr.start:rr.stop] = torch.from_numpy(tr[:4 * len(rr)].view(np.float32).copy())
+            if not info and not self.omniscient and bad[rr.start:rr.stop].any():
+                info = decode_info(tr[4 * len(rr):4 * len(rr) + INFO_BYTES]) or {}
         checked = finite = None
-        if self.omniscient and byz.any():
-            info, checked, finite = self._craft_round(seq, byz, status)
+        if self.omniscient and bad.any():
+            info, checked, finite = self._craft_round(seq, byz if absent is None else
+                                                      byz & ~absent, bad, rows, status)
         self.busy = False
         messages = self.receiver.messages(status, OK, self.device)
         out = {**({"attack": info} if info else {}), **self.wire.round_info(messages),
@@ -246,22 +263,25 @@ class MPITransport(Transport):
         return RoundResult(messages=messages, status=status, losses=losses, info=out,
                            checked=checked, finite=finite)
 
-    def _craft_round(self, seq: int, byz: np.ndarray, status: list[str]):
+    def _craft_round(self, seq: int, byz: np.ndarray, bad: np.ndarray, rows: list[range],
+                     status: list[str]):
         """Omniscient attacks: send the usable honest rows to the crafting ranks, receive the
-        Byzantine rows back. Returns the attack's info from the lowest replying rank and the
-        finiteness :func:`master.messages.usable_honest` established."""
+        Byzantine rows back (``byz``: the (n,) mask of the round's Byzantine participants,
+        ``bad`` that of the message rows, ``rows`` each rank's rows). Returns the attack's
+        info from the lowest replying rank and the finiteness
+        :func:`master.messages.usable_honest` established."""
         msg = self.receiver.msg
-        rows, checked, finite = usable_honest(self.receiver.msg_t, status, byz)
-        honest = np.ascontiguousarray(rows.numpy())
+        honest_rows, checked, finite = usable_honest(self.receiver.msg_t[:len(bad)], status, bad)
+        honest = np.ascontiguousarray(honest_rows.numpy())
         live = {tag(seq, KIND_CRAFT)}
         replies, expect = {}, {}
         for r in crafting_ranks(self.cfg, self.groups, byz, self.stateful):
             # Sent even to a rank that timed out: it still crafts when it wakes, which keeps a
             # stateful attack's replicas in step.
             self._isend(honest, r, tag(seq, KIND_HONEST))
-            g = self.groups[r - 1]
-            idx = np.nonzero(byz[g.start:g.stop])[0] + g.start
-            if len(idx) and status[g.start] == OK:
+            rr = rows[r - 1]
+            idx = np.nonzero(bad[rr.start:rr.stop])[0] + rr.start
+            if len(idx) and status[rr.start] == OK:
                 buf = np.empty(len(idx) * self.d * 4 + INFO_BYTES, np.uint8)
                 replies[r] = (idx, buf)
                 expect[r] = [self._irecv(buf, r, tag(seq, KIND_CRAFT))]

@@ -14,7 +14,6 @@ from common.errors import ConfigError, one_line
 from common.protocols import GRADIENT, protocol_of
 from common.run.config import Config
 from common.run.problem import Problem
-from common.run.schedule import learning_rate
 from common.seeding import round_generator
 
 # Compiling the sorting network costs 1-10 s once and saves about 33 ns per coordinate and round
@@ -34,7 +33,8 @@ def compile_rules(cfg: Config, dim: int) -> bool:
 def aggregate_usable(chain: Chain, rule, messages: Tensor, honest: Tensor, f: int,
                      dropped: Sequence[int] = (), generator: torch.Generator | None = None,
                      usable_rows: Callable = GRADIENT.usable_rows,
-                     rule_generator: torch.Generator | None = None) -> tuple[Tensor | None, dict]:
+                     rule_generator: torch.Generator | None = None,
+                     clients: Sequence[int] | None = None) -> tuple[Tensor | None, dict]:
     """The chain and the rule on the round's usable messages: (update, diagnostics).
 
     ``dropped``: the workers whose message is unusable this round (:mod:`master.messages`).
@@ -44,8 +44,10 @@ def aggregate_usable(chain: Chain, rule, messages: Tensor, honest: Tensor, f: in
     nothing is left, or the chain's or the rule's precondition fails on what is left, the update
     is None and ``info["skipped"]`` says why: the model does not move this round.
     ``generator`` draws the chain's randomness, ``rule_generator`` the rule's (randomized rules:
-    its own stream, so the rule's draws do not depend on what the chain drew)."""
-    workers = None
+    its own stream, so the rule's draws do not depend on what the chain drew). ``clients``: the
+    worker of each row when not row i = worker i (a sample of the clients); ``dropped`` and
+    ``info["workers"]`` index rows."""
+    workers = None if clients is None else torch.as_tensor(clients, dtype=torch.long)
     if dropped:
         gone = set(dropped)
         keep = torch.tensor([i for i in range(messages.shape[0]) if i not in gone],
@@ -53,7 +55,7 @@ def aggregate_usable(chain: Chain, rule, messages: Tensor, honest: Tensor, f: in
         if not len(keep):
             return None, {"skipped": "no usable message"}
         messages, honest = usable_rows(messages, honest, keep)
-        f, workers = max(0, f - len(gone)), keep
+        f, workers = max(0, f - len(gone)), keep if workers is None else workers[keep]
     try:
         x = chain(messages, generator, f)
         out = rule(x, honest=honest.to(x.device), f=f, workers=workers,
@@ -63,7 +65,7 @@ def aggregate_usable(chain: Chain, rule, messages: Tensor, honest: Tensor, f: in
             raise
         return None, {"skipped": f"{len(dropped)} unusable messages dropped: {one_line(e)}"}
     info = dict(rule.info)
-    if workers is not None:
+    if dropped:
         info["workers"] = workers.tolist()  # the worker of each row the chain saw
     if "selected" in info and len(chain):
         # Selected rows index the pre-aggregated vectors; the stages' diagnostics
@@ -82,7 +84,7 @@ class Server:
 
     def __init__(self, cfg: Config, problem: Problem, device: torch.device) -> None:
         self.cfg, self.problem, self.device = cfg, problem, device
-        n = cfg.num_workers
+        n = cfg.participants  # the rows of a round's messages
         self.params = problem.init_params.clone().to(device)
         self.protocol = protocol_of(cfg)
         self.chain = make_chain(cfg.pre, n, cfg.f)
@@ -91,16 +93,21 @@ class Server:
         self.rule.compiled = compile_rules(cfg, problem.dim)
         self.buf = torch.zeros_like(self.params) if cfg.server_momentum > 0 else None
 
-    def aggregate(self, messages: Tensor, honest: Tensor, t: int,
-                  dropped: Sequence[int] = ()) -> tuple[Tensor | None, dict]:
-        """The robust update of round t and the rule's diagnostics (:func:`aggregate_usable`)."""
+    def aggregate(self, messages: Tensor, honest: Tensor, t: int, dropped: Sequence[int] = (),
+                  clients: Sequence[int] | None = None) -> tuple[Tensor | None, dict]:
+        """The robust update of round t and the rule's diagnostics (:func:`aggregate_usable`;
+        ``clients``: the worker of each row, when the protocol samples them)."""
+        if hasattr(self.rule, "round"):   # a rule whose server-side work follows the round
+            self.rule.round = t
         return aggregate_usable(self.chain, self.rule, messages, honest, self.cfg.f, dropped,
                                 round_generator(self.cfg.run_seed, t, "server"),
                                 self.protocol.usable_rows,
-                                round_generator(self.cfg.run_seed, t, "rule"))
+                                round_generator(self.cfg.run_seed, t, "rule"), clients)
 
     def step(self, update: Tensor, t: int) -> float:
-        lr = learning_rate(self.cfg, t)
+        """``x <- x - lr (update + lambda x)`` (through the server momentum buffer if any), lr
+        the protocol's step size of round t; returns lr."""
+        lr = self.protocol.step_size(self.cfg, t)
         u = update.to(self.params.device)
         if self.cfg.weight_decay:
             u = u + self.cfg.weight_decay * self.params

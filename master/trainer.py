@@ -16,15 +16,16 @@ import time
 import torch
 from tqdm import tqdm
 
-from common.attacks import make_attack
+from common.attacks import run_attack
 from common.errors import ConfigError, one_line
 from common.finite import all_finite
+from common.run.command import explicit_command
 from common.run.config import Config
 from common.run.io import CHECKPOINT, MetricsLog, load_torch, save_torch, write_json
 from common.run.problem import Problem
 from common.run.resume import fingerprint, refuse, shape_differences, tensor_shapes
 from common.run.rundir import io_error
-from common.run.schedule import ByzantineSchedule, learning_rate
+from common.run.schedule import ByzantineSchedule
 from master.evaluate import evaluate
 from master.messages import sanitize
 from master.server import Server
@@ -65,9 +66,7 @@ class Trainer:
         if protocol.has_startup:  # e.g. DiverseFL: every client's data sample, once
             protocol.start(self.server.rule, transport.startup())
         # an extra test metric the attack asks for (the backdoor's success rate)
-        self.test_metric = make_attack(cfg.attack, cfg.num_workers, cfg.num_byzantine,
-                                       problem.dataset.num_classes,
-                                       **cfg.attack_params).test_metric()
+        self.test_metric = run_attack(cfg, problem.dataset.num_classes).test_metric()
         self.schedule = ByzantineSchedule(cfg)
         self.start_round = 0
         self.best_acc = -math.inf
@@ -214,6 +213,7 @@ class Trainer:
             print(f"\ninterrupted ({type(interrupted).__name__} {interrupted}) {what}. "
                   f"Continue with: --resume {self.out_dir}", flush=True)
             raise SystemExit(130)
+        execution = self.transport.describe()
         summary = {
             "final_test_accuracy": self.last_eval.get("test_accuracy"),
             "final_test_loss": self.last_eval.get("test_loss"),
@@ -222,7 +222,9 @@ class Trainer:
             "wall_seconds": wall,
             "num_workers": cfg.num_workers,
             "num_byzantine": cfg.num_byzantine,
-            "execution": self.transport.describe(),
+            "execution": execution,
+            "command": explicit_command(cfg, execution["entry"], "" if execution["entry"]
+                                        == "main.py" else f"mpiexec -n {execution['processes']}"),
             "config": cfg.to_dict(),
         }
         if self.test_metric is not None and self.test_metric[0] in self.last_eval:
@@ -235,13 +237,17 @@ class Trainer:
         return summary
 
     def round(self, t: int) -> dict:
-        cfg = self.cfg
+        cfg, protocol = self.cfg, self.server.protocol
         t0 = time.perf_counter()
         byz = self.schedule.mask(t)
-        res = self.transport.round(self.server.params, t, byz)
+        # the round's clients (None: every worker); message row j is worker clients[j]
+        clients = protocol.participants(cfg, t)
+        res = self.transport.round(self.server.params, t, byz, clients)
         faults = sanitize(res.messages, res.status, res.checked, res.finite)
-        honest = torch.from_numpy(~byz)
-        update, info = self.server.aggregate(res.messages, honest, t, dropped=sorted(faults))
+        bad = byz if clients is None else byz[clients]
+        honest = torch.from_numpy(~bad)
+        update, info = self.server.aggregate(res.messages, honest, t, dropped=sorted(faults),
+                                             clients=clients)
         for k in info.get("invalid", ()):  # a vote buffer that did not decode (signSGD)
             faults.setdefault(int(k), "undecodable")
         if update is not None and not all_finite(update):
@@ -251,25 +257,27 @@ class Trainer:
             update = None
         # A skipped round (nothing usable, or a non-finite update) leaves the model and the
         # server's momentum as they were.
-        lr = self.server.step(update, t) if update is not None else learning_rate(cfg, t)
+        lr = self.server.step(update, t) if update is not None else protocol.step_size(cfg, t)
         # train_loss: mean batch loss of the honest workers whose message was usable (a worker
         # flagged in faults may have sent garbage losses too, e.g. random bytes)
-        reporting = ~byz
+        reporting = ~bad
         reporting[[k for k in faults if k >= 0]] = False
         losses = res.losses[torch.from_numpy(reporting)]
         losses = losses[torch.isfinite(losses)]
+        worker = (lambda r: r) if clients is None else (lambda r: int(clients[r]))
         record = {
             "round": t,
             "lr": lr,
             "train_loss": float(losses.mean()) if len(losses) else None,
-            "byzantine": byz.nonzero()[0].tolist(),
+            "byzantine": [worker(r) for r in bad.nonzero()[0].tolist()],
         }
         if faults:
-            record["faults"] = {str(k): v for k, v in faults.items()}
+            record["faults"] = {str(worker(k) if k >= 0 else k): v for k, v in faults.items()}
         if info:
             record["rule"] = info
         if res.info:
             record.update(res.info)
+        record.update(protocol.round_record(cfg, t, clients))
         record["seconds"] = round(time.perf_counter() - t0, 6)  # collect, aggregate and step
         if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
             self.last_eval = evaluate(self.problem, self.server.params, self.device,

@@ -20,9 +20,10 @@ class RoundResult:
     ``checked``/``finite``: rows whose finiteness the transport already knows (the omniscient
     attack's honest rows), so the message policy does not read them again."""
 
-    messages: Tensor                 # (n, d) on the server's device (sign votes: (n, width))
-    status: list[str]                # per worker: "ok" or why the message is unusable
-    losses: Tensor                   # (n,) training loss of each worker's batch (nan if unknown)
+    messages: Tensor                 # (n, d) on the server's device (sign votes: (n, width));
+                                     # (m, d) when the round samples m clients, in their order
+    status: list[str]                # per row: "ok" or why the message is unusable
+    losses: Tensor                   # per row: training loss of the worker's batch (nan if unknown)
     info: dict = field(default_factory=dict)
     checked: Tensor | None = None
     finite: Tensor | None = None
@@ -32,7 +33,10 @@ class Transport:
     """Interface: one call per round, the protocol's start-up exchange, and the worker-side
     state for checkpoints."""
 
-    def round(self, params: Tensor, t: int, byz: np.ndarray) -> RoundResult:
+    def round(self, params: Tensor, t: int, byz: np.ndarray,
+              clients: np.ndarray | None = None) -> RoundResult:
+        """Round t's messages: one row per worker, or per client of the sorted sample
+        ``clients`` (the others compute and send nothing); ``byz``: the (n,) Byzantine mask."""
         raise NotImplementedError
 
     def startup(self) -> list:
@@ -65,17 +69,24 @@ class InProcessTransport(Transport):
     def __init__(self, group, protocol) -> None:
         self.group, self.protocol = group, protocol
 
-    def round(self, params: Tensor, t: int, byz: np.ndarray) -> RoundResult:
+    def round(self, params: Tensor, t: int, byz: np.ndarray,
+              clients: np.ndarray | None = None) -> RoundResult:
         group = self.group
         mask = torch.from_numpy(byz).to(group.device)
-        msgs = group.compute(params, t, mask)
-        status = [OK] * len(byz)
+        active, bad = None, byz               # bad: the Byzantine mask of the message rows
+        if clients is not None:
+            active = torch.zeros(len(byz), dtype=torch.bool, device=group.device)
+            active[torch.from_numpy(clients).to(group.device)] = True
+            bad = byz[clients]
+        msgs = group.compute(params, t, mask, active)
+        status = [OK] * len(bad)
         info, checked, finite = {}, None, None
-        if group.attack.omniscient and byz.any():
-            honest, checked, finite = usable_honest(msgs, status, byz)
+        if group.attack.omniscient and bad.any():
+            honest, checked, finite = usable_honest(msgs, status, bad)
             if len(honest):
-                group.attack_rows(msgs, mask.nonzero().flatten(), honest, t)
-        if byz.any() and group.attack.info:
+                group.attack_rows(msgs, torch.from_numpy(bad).nonzero().flatten().to(group.device),
+                                  honest, t)
+        if bad.any() and group.attack.info:
             info["attack"] = group.attack.info
         info.update(group.wire.round_info(msgs))
         return RoundResult(messages=msgs, status=status, losses=group.losses, info=info,

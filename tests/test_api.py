@@ -170,8 +170,10 @@ def test_an_old_flat_config_json_still_loads(tmp_path):
     path.write_text(json.dumps(OLD_CONFIG))
     summary = main_mod.main(["--config", str(path), "-o", str(tmp_path / "run")])
     assert summary["config"]["agg_params"] == {"tau": 0.5, "iters": 2}
-    flags = ["-n", "6", "-f", "1", "--model", "softmax", "--cclip-tau", "0.5", "--cclip-iters",
-             "2", "--alie-z", "1.5", "--rounds", "3", "--eval-every", "3", "--no-progress"]
+    flags = ["-n", "6", "-f", "1", "--model", "softmax", "--noniid", "--agg", "cclip",
+             "--bucketing", "2", "--attack", "alie", "--momentum", "0.9", "--lr", "0.1",
+             "--cclip-tau", "0.5", "--cclip-iters", "2", "--alie-z", "1.5", "--rounds", "3",
+             "--eval-every", "3", "--no-progress"]
     main_mod.main(flags + ["-o", str(tmp_path / "flags")])
     assert torch.equal(final_params(tmp_path / "run"), final_params(tmp_path / "flags"))
 

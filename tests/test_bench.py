@@ -67,3 +67,13 @@ def test_rounds_bench_times_every_gradient_path():
             re.finditer(r"^(\w+)\s+(\d+)\s.*$", text, re.M)}
     assert re.search(r"\s[\d.]+\s+[\d.]+\s+[\d.]+\s+\w+\s+linear$", rows["mlp20"]), rows
     assert re.search(r"\s-\s+[\d.]+\s+[\d.]+\s+\w+\s+loop$", rows["cnn25"]), rows
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_SYSTEM_DIR),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_rounds_bench_times_federated_local_steps():
+    text = bench("bench/rounds.py", "--part", "local", "--reps", "1", "--threads", "1",
+                 "--local-steps", "2", "--local-models", "softmax:4,mlp:4:8")
+    for model, n, b in (("softmax", 4, 32), ("mlp", 4, 8)):
+        assert re.search(rf"^{model}\s+{n}\s+{b}\s+linear(\s+\d+){{5}}(\s+[\d.]+){{2}}$", text,
+                         re.M), (model, text)

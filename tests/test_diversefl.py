@@ -180,8 +180,8 @@ def test_rule_needs_samples_and_config_checks():
     rule = DiverseFLFilter(cfg, problem, torch.device("cpu"), problem.init_params.clone())
     with pytest.raises(RuntimeError, match="set_samples"):
         rule(torch.zeros(4, problem.dim))
-    for argv, msg in ((["--agg", "diversefl", "--momentum", "0"], "--pre none"),
-                      (["--agg", "diversefl", "--pre", "none"], "--momentum 0"),
+    for argv, msg in ((["--agg", "diversefl", "--bucketing", "2"], "--pre none"),
+                      (["--agg", "diversefl", "--momentum", "0.9"], "--momentum 0"),
                       (["--agg", "diversefl", "--pre", "none", "--momentum", "0", "--eps1", "2"],
                        "eps1"),
                       (["--agg", "diversefl", "--pre", "none", "--momentum", "0",
@@ -249,7 +249,7 @@ def test_diversefl_beats_mean_under_signflip_majority(tmp_path):
     import main
 
     common = ["--dataset", "digits", "--model", "softmax", "-n", "10", "-f", "6",
-              "--byz-schedule", "random", "--attack", "signflip", "--pre", "none",
+              "--byz-schedule", "random", "--attack", "signflip", "--pre", "none", "--noniid",
               "--momentum", "0", "--rounds", "40", "--lr", "0.1", "--eval-every", "40",
               "--share-frac", "0.05", "--no-progress"]
     dfl = main.main(common + ["--agg", "diversefl", "-o", str(tmp_path / "dfl")])

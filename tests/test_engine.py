@@ -31,12 +31,13 @@ def train(tmp_path, name: str, argv: str) -> tuple[dict, str]:
 
 def test_clean_mean_reaches_high_accuracy(tmp_path):
     s, _ = train(tmp_path, "clean", "-n 10 -f 0 --agg mean --attack none --pre none --iid "
-                 "--rounds 40 --eval-every 20")
+                 "--momentum 0.9 --lr 0.1 --rounds 40 --eval-every 20")
     assert s["final_test_accuracy"] >= 90.0
 
 
 def test_bitflip_breaks_the_mean_but_not_cm_or_cclip(tmp_path):
-    base = "-n 9 -f 4 --attack bitflip --pre none --iid --rounds 25 --eval-every 25"
+    base = ("-n 9 -f 4 --attack bitflip --pre none --iid --momentum 0.9 --lr 0.1 --rounds 25 "
+            "--eval-every 25")
     acc = {}
     for rule in ("mean", "cm", "cclip --cclip-tau 1"):
         s, _ = train(tmp_path, rule.split()[0], f"{base} --agg {rule}")

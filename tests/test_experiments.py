@@ -132,6 +132,12 @@ def test_every_grid_is_well_formed(tmp_path):
     # the no-attack reference at both momenta; 3 seeds on Fashion-MNIST.
     assert len(grids.get("attacks").runs()) == (120 + 2) * 3
     assert len(grids.get("attacks").runs("digits")) == 120 + 2
+    # fedavg: (5 rules x 3 attacks + the mean without attack) x K in {1, 5}, 2 seeds; every run
+    # samples 20 of 50 clients and its rule assumes f = 4 of them
+    fedavg = grids.get("fedavg").runs()
+    assert len(fedavg) == (5 * 3 + 1) * 2 * 2 and len(grids.get("fedavg").runs("digits")) == 32
+    assert {(r.flags["clients_per_round"], r.flags["num_workers"]) for r in fedavg} == {(20, 50)}
+    assert {r.flags["local_steps"] for r in fedavg} == {1, 5}
     with pytest.raises(ConfigError, match="no full size; it has: fmnist"):
         grids.get("attacks_cnn").runs("full")
     with pytest.raises(ConfigError, match="choose one of: all, attacks"):
@@ -287,8 +293,8 @@ def test_worst_case_tables_name_the_attack_that_gave_them(tmp_path):
     assert ("cclip keeps state across rounds, which a worker does not hold: 96 cells "
             "(agg cclip; attack opt-alie, opt-ipm)") in md
     # 41 runs (40 cells, one of them with two seeds) of 2 s each; the runner logged two of them
-    assert ("CPU time of 2 of these 41 runs (the runner's cpu.csv): 5 s = 0.00 h; training time "
-            "(sum of the runs' wall_seconds): 82 s = 0.02 h.") in md
+    assert "CPU time of 2 of these 41 runs (the runner's cpu.csv): 5 s = 0.00 h." in md
+    assert "41 runs, seeds [0, 1]; 0.02 h of run time in all" in md
     rows = {(r["partition"], r["pre"], r["agg"], r["num_byzantine"]): r
             for r in _read_csv(str(exp_dir / "worstcase.csv"))}
     r = rows[("iid", "none", "cm", "5")]

@@ -118,6 +118,35 @@ def test_momentum_conventions_by_hand(style):
     assert m1.data_ptr() == group.momenta.data_ptr()  # no (k, d) copy per round
 
 
+@pytest.mark.parametrize("style", ["heavyball", "ema"])
+def test_byzantine_raw_gradients_send_the_attacked_gradient_not_the_momentum(style):
+    """--byz-raw-gradients (the bucketing paper's code: its bit-flip and label-flip workers keep
+    no momentum): round 2's Byzantine message is minus that round's own gradient; the honest
+    rows keep their momenta."""
+    from common.run.config import validate
+
+    cfg = Config(model="softmax", num_workers=3, num_byzantine=1, attack="bitflip", agg="mean",
+                 momentum=0.9, momentum_style=style, batch_size=8, byz_raw_gradients=True)
+    validate(cfg)
+    problem = build_problem(cfg)
+    group = make_group(cfg, problem, range(3))
+    byz = torch.tensor([False, False, True])
+    p0 = problem.init_params.clone()
+    p1 = p0 - 0.01
+    g1 = group.gradients(p1, *group.round_batches(1, byz))
+    group.compute(p0, 0, byz)
+    m1 = group.compute(p1, 1, byz).clone()
+    torch.testing.assert_close(m1[2], -g1[2], atol=1e-6, rtol=1e-5)
+    # without the flag the Byzantine worker flips its momentum, which differs from g
+    plain = make_group(Config(**{**cfg.to_dict(), "byz_raw_gradients": False}), problem, range(3))
+    plain.compute(p0, 0, byz)
+    assert not torch.allclose(plain.compute(p1, 1, byz)[2], -g1[2], atol=1e-4)
+    torch.testing.assert_close(plain.momenta[:2], group.momenta[:2])
+    with pytest.raises(ConfigError, match="fixed Byzantine set"):
+        validate(Config(attack="bitflip", num_byzantine=1, byz_schedule="random",
+                        byz_raw_gradients=True))
+
+
 def test_byzantine_momenta_are_lent_to_the_attack_and_restored():
     """Messages are the momentum buffer; an attack overwrites the Byzantine rows in place, and
     the next round (or a checkpoint) puts the worker's own momentum back, so the Byzantine

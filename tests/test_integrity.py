@@ -369,15 +369,27 @@ def _warnings(capsys, argv) -> list[str]:
 
 
 def test_bucket_size_above_n_warns(capsys):
-    w = _warnings(capsys, ["-n", 10, "-f", 1, "--agg", "cm", "--bucketing", 100])
+    w = _warnings(capsys, ["-n", 10, "-f", 1, "--attack", "signflip", "--agg", "cm",
+                           "--bucketing", 100])
     assert len(w) == 1 and "bucketing:100 with 10 messages puts them all in one bucket" in w[0]
-    assert _warnings(capsys, ["-n", 10, "-f", 1, "--agg", "cm", "--bucketing", 2]) == []
+    assert _warnings(capsys, ["-n", 10, "-f", 1, "--attack", "signflip", "--agg", "cm",
+                              "--bucketing", 2]) == []
 
 
 def test_a_byzantine_majority_warns_with_the_bound(capsys):
-    w = _warnings(capsys, ["-n", 5, "-f", 3, "--agg", "mean", "--pre", "none"])
+    w = _warnings(capsys, ["-n", 5, "-f", 3, "--attack", "signflip"])
     assert len(w) == 1 and "f=3 of n=5 workers are Byzantine" in w[0] and "n > 2f" in w[0]
-    assert _warnings(capsys, ["-n", 5, "-f", 2, "--agg", "mean", "--pre", "none"]) == []
+    assert _warnings(capsys, ["-n", 5, "-f", 2, "--attack", "signflip"]) == []
+
+
+def test_an_attack_without_attackers_and_attackers_without_an_attack_warn(capsys):
+    w = _warnings(capsys, ["--attack", "alie"])
+    assert len(w) == 1 and "--attack alie with -f 0: no worker is Byzantine" in w[0]
+    w = _warnings(capsys, ["-f", 2])
+    assert len(w) == 1 and "-f 2 without --attack: the Byzantine workers send honest" in w[0]
+    # an explicit --attack none with f > 0 is a choice (e.g. honest workers drawing iid data)
+    assert _warnings(capsys, ["-f", 2, "--attack", "none"]) == []
+    assert _warnings(capsys, ["-f", 2, "--attack", "alie"]) == []
 
 
 def test_milestones_out_of_order_warn(capsys):

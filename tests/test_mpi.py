@@ -27,7 +27,8 @@ LIMIT = 600  # seconds, as run_mpi's default; only a hang comes near it
 
 
 def test_one_worker_per_rank_learns_and_matches_main(tmp_path):
-    flags = ["-n", "4", "-f", "1", "--rounds", "12", "--eval-every", "6"]  # cclip+bucketing, ALIE
+    flags = ["-n", "4", "-f", "1", "--agg", "cclip", "--bucketing", "2", "--attack", "alie",
+             "--noniid", "--momentum", "0.9", "--lr", "0.1", "--rounds", "12", "--eval-every", "6"]
     p = run_mpi(5, *flags, "-o", str(tmp_path / "mpi"))
     assert p.returncode == 0, p.stderr
     assert "on 4 worker ranks" in p.stdout
@@ -104,14 +105,14 @@ def test_hostile_ranks_are_logged_and_a_stalled_rank_is_dropped_after_the_timeou
 
 
 def test_wrong_rank_count_and_missing_mpiexec_exit_2_with_one_line(tmp_path):
-    p = run_mpi(6, "-n", "4", "-f", "1", "-o", str(tmp_path / "x"))
+    p = run_mpi(6, "-n", "4", "-f", "1", "--attack", "alie", "-o", str(tmp_path / "x"))
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "5 worker ranks for n=4 workers" in lines[0], p.stderr
     assert "at most 5 ranks" in lines[0]
     assert not (tmp_path / "x").exists()
 
-    p = run_python("MPI_main.py", "-n", "4", "-f", "1", timeout=LIMIT)
+    p = run_python("MPI_main.py", "-n", "4", "-f", "1", "--attack", "alie", timeout=LIMIT)
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "start it with mpiexec" in lines[0], p.stderr

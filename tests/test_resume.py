@@ -54,6 +54,15 @@ CASES = {
     # FLAME's noise and DnC's coordinates come from the per-round rule generator
     "flame": ["--agg", "flame", "--flame-lam", "0.01", "--pre", "none", "--attack", "alie"],
     "dnc": ["--agg", "dnc", "--dnc-sub-dim", "100", "--pre", "none", "--attack", "alie"],
+    # federated mode: K local steps, a sample of 4 clients per round (redrawn the same after
+    # the resume), the clients' local momenta (per-client state), backdoor local training
+    "federated": ["--agg", "cm", "--pre", "none", "--attack", "backdoor", "--local-steps", "3",
+                  "--clients-per-round", "4", "--local-momentum", "0.9", "--byz-schedule",
+                  "random"],
+    # ... and FLTrust: the server's own K-step update on its root set, its momentum buffer
+    "federated_fltrust": ["--agg", "fltrust", "--pre", "none", "--attack", "alie",
+                          "--local-steps", "2", "--clients-per-round", "4",
+                          "--local-momentum", "0.9", "--root-size", "50"],
 }
 
 
@@ -132,8 +141,8 @@ def test_signal_mid_round_checkpoints_a_consistent_state(tmp_path, monkeypatch):
 
     orig = tmod.InProcessTransport.round
 
-    def round_with_signal(self, p, t, byz):
-        res = orig(self, p, t, byz)
+    def round_with_signal(self, p, t, byz, clients=None):
+        res = orig(self, p, t, byz, clients)
         if t == K - 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return res

@@ -96,9 +96,10 @@ def test_backdoor_upload_is_model_replacement():
 
 def test_config_rejects_momentum_and_preaggregation():
     with pytest.raises(ConfigError, match="--momentum 0"):
-        parse_args(["--agg", "rsa", "--pre", "none"])
+        parse_args(["--agg", "rsa", "--momentum", "0.9"])
     with pytest.raises(ConfigError, match="--pre none"):
-        parse_args(["--agg", "rsa", "--momentum", "0", "--bucketing", "2"])
+        parse_args(["--agg", "rsa", "--bucketing", "2"])
+    assert protocol_of(parse_args(["--agg", "rsa"])[0]).name == "model"  # the defaults fit
     with pytest.raises(ConfigError, match="rsa-delta"):
         parse_args(["--agg", "rsa", "--momentum", "0", "--pre", "none", "--rsa-delta", "-1"])
     cfg, _ = parse_args(["--agg", "rsa", "--momentum", "0", "--pre", "none"])

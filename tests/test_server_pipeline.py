@@ -94,8 +94,8 @@ class HostileTransport:
     def __init__(self, inner, spoil):
         self.inner, self.spoil = inner, spoil
 
-    def round(self, params, t, byz):
-        res = self.inner.round(params, t, byz)
+    def round(self, params, t, byz, clients=None):
+        res = self.inner.round(params, t, byz, clients)
         self.spoil(res)
         return res
 
@@ -151,7 +151,8 @@ def test_trainer_skips_a_nonfinite_update(tiny, tmp_path, monkeypatch):
     before = tr.server.params.clone()
     d = before.numel()
     monkeypatch.setattr(tr.server, "aggregate",
-                        lambda msgs, honest, t, dropped: (torch.full((d,), math.nan), {}))
+                        lambda msgs, honest, t, dropped, clients: (torch.full((d,), math.nan),
+                                                                   {}))
     rec = tr.round(0)
     assert rec["faults"] == {"-1": "nonfinite_update"}
     assert torch.equal(tr.server.params, before)

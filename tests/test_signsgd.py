@@ -55,7 +55,7 @@ def test_explicit_flags_win_over_the_election_defaults():
     assert (cfg.attack, cfg.lr, cfg.server_momentum) == ("directional", 0.01, 0.5)
     # a coding flag next to an explicit gradient rule leaves that run alone
     cfg, _ = parse_args(["--redundancy", "2", "-n", "5", "-f", "1", "--agg", "cm"])
-    assert protocol_of(cfg).name == "gradient" and cfg.attack == "alie" and cfg.momentum == 0.9
+    assert protocol_of(cfg).name == "gradient" and cfg.attack == "none" and cfg.momentum == 0.0
 
 
 def test_cifar10_gets_the_papers_resnet18_schedule():

@@ -82,7 +82,7 @@ BAD = [
     ("--trmean-b 100 --agg trmean", "trmean needs n > 2b"),
     ("-n 3 -f 1 --agg krum --pre none", "krum needs n >= 2f+3"),
     ("-n 6 -f 1 --agg bulyan --pre none", "bulyan needs n >= 4f+3"),
-    ("--agg oracle", "cannot follow a pre-aggregator"),
+    ("--agg oracle --bucketing 2", "cannot follow a pre-aggregator"),
     ("--attack gaussian --gaussian-std -1", "std must be >= 0"),
     ("--attack alie --alie-z nan", "--alie-z must be a finite number"),
     ("--eps2 inf", "--eps2 must be a finite number"),

@@ -21,6 +21,7 @@ from common.run.config import Config, parse_faults
 from common.run.problem import Problem
 from common.wire.codecs import decode_state, encode_info, encode_state
 from common.wire.commands import (
+    ABSENT,
     CMD_LOAD,
     CMD_ROUND,
     CMD_STARTUP,
@@ -66,6 +67,7 @@ class WorkerRank:
         self.rng = np.random.default_rng([cfg.run_seed, self.rank])
         self.header = np.zeros(HEADER + cfg.num_workers, np.int64)
         self.params = np.zeros(self.d, np.float32)
+        self.msgs = torch.zeros(0, self.d)   # this round's messages, for crafting
         self.keys = state_tensors(self.group.state)
 
     def serve(self) -> None:
@@ -85,7 +87,8 @@ class WorkerRank:
                 self.send_state(late)
                 late = None
             if cmd == CMD_ROUND:
-                self.round(t, seq, self.header[HEADER:].astype(bool))
+                w = self.header[HEADER:]
+                self.round(t, seq, (w & 1).astype(bool), (w & ABSENT) == 0)
             elif cmd == CMD_STATE:
                 states += 1
                 if self.fault == "stallstate" and states >= 2:
@@ -106,16 +109,54 @@ class WorkerRank:
         wait_all([self.comm.Isend([np.ascontiguousarray(b), MPI.BYTE], dest=0, tag=tg)
                   for b, tg in bufs])
 
-    def round(self, t: int, seq: int, byz: np.ndarray) -> None:
+    def round(self, t: int, seq: int, byz: np.ndarray, present: np.ndarray) -> None:
+        """Round t for this rank's workers that take part (``present``; ``byz``: the Byzantine
+        mask): compute and send their messages and trailer, then craft if asked. With none of
+        them taking part the rank only follows the broadcasts (and a stateful attack's
+        crafting)."""
         comm, g = self.comm, self.group
         wait(comm.Ibcast([self.params, MPI.FLOAT], root=0))
-        local = torch.from_numpy(byz[self.ids.start:self.ids.stop].copy()).to(self.device)
-        msgs = g.compute(torch.from_numpy(self.params).to(self.device), t, local)
+        ids = slice(self.ids.start, self.ids.stop)
+        mine = present[ids]
+        local = torch.from_numpy(byz[ids] & mine).to(self.device)
+        active = None if mine.all() else torch.from_numpy(mine).to(self.device)
+        bad = local if active is None else local[active]   # per message row
+        k = int(mine.sum())
+        byz = byz & present
+        if k:
+            self._send_round(t, seq, local, active, bad, k)
+        else:   # idle: nothing to send, no rows to craft
+            self.msgs = torch.zeros(0, self.d, device=self.device)
+        if not (g.attack.omniscient and byz.any()):
+            return
+        if self.rank not in crafting_ranks(self.cfg, self.groups, byz, g.attack.stateful):
+            return
+        honest = self._recv_from_root(tag(seq, KIND_HONEST), np.float32).reshape(-1, self.d)
+        rows = bad.nonzero().flatten()
+        own = take_rows(self.msgs, rows)
+        if len(honest):
+            crafted = g.craft(own, torch.from_numpy(honest).to(self.device), t, rows)
+        else:  # no usable honest message: the Byzantine workers send their own
+            crafted = own
+        if len(rows) == 0:
+            return
+        reply = crafted.detach().to("cpu", torch.float32).contiguous().numpy()
+        reply = corrupt(self.fault, reply, self.rng)
+        self._send([(np.concatenate([reply.reshape(-1).view(np.uint8),
+                                     encode_info(g.attack.info)]), tag(seq, KIND_CRAFT))])
+
+    def _send_round(self, t: int, seq: int, local: torch.Tensor, active: torch.Tensor | None,
+                    bad: torch.Tensor, k: int) -> None:
+        """Compute the k taking part's messages (kept in ``self.msgs`` for crafting) and send
+        them with the trailer (their losses and the attack's info), faults injected."""
+        g = self.group
+        msgs = self.msgs = g.compute(torch.from_numpy(self.params).to(self.device), t, local,
+                                     active)
         out = g.wire.payload(msgs, self.ids)
-        trailer = np.zeros(4 * self.k + INFO_BYTES, np.uint8)
-        trailer[:4 * self.k] = g.losses.to(torch.float32).numpy().view(np.uint8)
-        if local.any() and not g.attack.omniscient:
-            trailer[4 * self.k:] = encode_info(g.attack.info)
+        trailer = np.zeros(4 * k + INFO_BYTES, np.uint8)
+        trailer[:4 * k] = g.losses.to(torch.float32).numpy().view(np.uint8)
+        if bad.any() and not g.attack.omniscient:
+            trailer[4 * k:] = encode_info(g.attack.info)
         if self.fault == "stall":
             time.sleep(stall_seconds(self.cfg))
         if self.fault == "randombytes":
@@ -130,23 +171,6 @@ class WorkerRank:
         else:
             self._send(strays + [(corrupt(self.fault, out, self.rng), tag(seq, KIND_MSG)),
                                  (trailer, tag(seq, KIND_TRAILER))])
-        if not (g.attack.omniscient and byz.any()):
-            return
-        if self.rank not in crafting_ranks(self.cfg, self.groups, byz, g.attack.stateful):
-            return
-        honest = self._recv_from_root(tag(seq, KIND_HONEST), np.float32).reshape(-1, self.d)
-        rows = local.nonzero().flatten()
-        own = take_rows(msgs, rows)
-        if len(honest):
-            crafted = g.craft(own, torch.from_numpy(honest).to(self.device), t, rows)
-        else:  # no usable honest message: the Byzantine workers send their own
-            crafted = own
-        if len(rows) == 0:
-            return
-        reply = crafted.detach().to("cpu", torch.float32).contiguous().numpy()
-        reply = corrupt(self.fault, reply, self.rng)
-        self._send([(np.concatenate([reply.reshape(-1).view(np.uint8),
-                                     encode_info(g.attack.info)]), tag(seq, KIND_CRAFT))])
 
     def _recv_from_root(self, tg: int, dtype) -> np.ndarray:
         """A message of rank 0 whose length this rank does not know in advance (rank 0 is trusted)."""

@@ -50,6 +50,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from common.cachedir import cache_dir, cache_dirs
+
 __all__ = ["gram", "gram_rounding", "sq_distances_to", "weighted_sum_and_sq_distances",
            "mean_var", "group_means", "network_reduce", "clip_rows_to", "scale_rows", "library",
            "SOURCES"]
@@ -95,13 +97,6 @@ def _compiler() -> str | None:
     return None
 
 
-def _cache_dir() -> Path:
-    if os.environ.get("BYZROBUST_CACHE"):
-        return Path(os.environ["BYZROBUST_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "byzrobust"
-
-
 def _cpu_key() -> str:
     """The CPU's model and feature flags (what -march=native compiles for)."""
     try:
@@ -118,8 +113,7 @@ def _build(cc: str, flags: list[str]) -> Path:
                                      " ".join(flags).encode(), platform.machine().encode(),
                                      _cpu_key().encode()]))
     name = f"kernels-{key.hexdigest()[:16]}.so"
-    uid = getattr(os, "getuid", lambda: 0)()
-    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"byzrobust-{uid}"):
+    for folder in cache_dirs():
         target = folder / name
         if target.exists():
             return target
@@ -141,7 +135,7 @@ def _build(cc: str, flags: list[str]) -> Path:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return target
-    raise RuntimeError(f"no writable cache directory (tried {_cache_dir()} and the temporary "
+    raise RuntimeError(f"no writable cache directory (tried {cache_dir()} and the temporary "
                        "directory; set BYZROBUST_CACHE)")
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from common.attacks.base import ATTACKS, Attack, AttackInput
-from common.data.partition import pad_shards, sample_batches
+from common.data.partition import group_batches, pad_shards
 from common.errors import ConfigError
 from common.params import Param
 from common.seeding import round_generator
@@ -49,17 +49,18 @@ class BackdoorSampler:
         self.table, self.lengths = table.to(device), lengths.to(device)
 
     def compose(self, x_all: Tensor, y_all: Tensor, x: Tensor, y: Tensor, byz: Tensor,
-                t: int) -> tuple[Tensor, Tensor]:
-        """(x, y) with the first ceil(b/2) entries of every Byzantine row replaced by source samples."""
-        n, b = self.num_workers, y.shape[1]
+                t: int, step: int = 0, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(x, y) with the first ceil(b/2) entries of every Byzantine row replaced by source
+        samples. ``rows``: the group-local worker of each row of x (None: all, in order);
+        ``step``: the local step of the round (federated mode), each drawing afresh."""
+        b = y.shape[1]
         h = (b + 1) // 2
-        u = torch.rand(n, h, generator=round_generator(self.seed, t, "backdoor-batch"))
-        u = u[self.ids.start:self.ids.stop].to(self.table.device)
-        idx = sample_batches(self.table, self.lengths, h, u)
-        rows = byz.nonzero().flatten()
+        idx = group_batches(self.table, self.lengths, h, self.num_workers, self.ids,
+                            round_generator(self.seed, t, "backdoor-batch", step), rows)
+        bad = byz.nonzero().flatten()
         x, y = x.clone(), y.clone()
-        x[rows, :h] = x_all[idx[rows]]
-        y[rows, :h] = y_all[idx[rows]]
+        x[bad, :h] = x_all[idx[bad]]
+        y[bad, :h] = y_all[idx[bad]]
         return x, y
 
 

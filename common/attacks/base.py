@@ -37,7 +37,7 @@ from common.errors import ConfigError
 from common.params import Param, Registry
 
 __all__ = ["AttackInput", "Defense", "Attack", "ATTACKS", "attack_names", "make_attack",
-           "repeat_rows"]
+           "run_attack", "repeat_rows"]
 
 #: Every attack by name.
 ATTACKS = Registry("attack")
@@ -229,3 +229,12 @@ def make_attack(name: str, n: int, f: int, num_classes: int, **params: Any) -> A
     A parameter given as None takes its default.
     """
     return ATTACKS.get(name)(n, f, num_classes, **params)
+
+
+def run_attack(cfg, num_classes: int) -> Attack:
+    """The attack of the run ``cfg`` (a :class:`common.run.config.Config`), built for the rows
+    the server aggregates each round: its ``participants`` m, of which ``sampled_byzantine``
+    (ceil(m f / n)) are Byzantine in proportion; n and f themselves when every worker takes
+    part in every round."""
+    return make_attack(cfg.attack, cfg.participants, cfg.sampled_byzantine, num_classes,
+                       **cfg.attack_params)

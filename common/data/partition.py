@@ -35,7 +35,8 @@ Schemes (``--partition``):
 :func:`mimic2_layout` builds the two-dataset layout of the ``mimic2`` attack.
 
 Sampling: :func:`pad_shards` turns k shards into one padded table and :func:`sample_batches` draws
-a minibatch for every row at once from uniforms ``u`` of shape (k, batch_size). Each worker's batch
+a minibatch for every row at once from uniforms ``u`` of shape (k, batch_size)
+(:func:`group_batches`: those of a group's workers, from one seeded draw for all n). Each worker's batch
 depends only on its own row of ``u`` and its own shard, so splitting the workers into groups
 differently (one process or many MPI ranks) yields identical batches.
 """
@@ -294,3 +295,16 @@ def sample_batches(table: torch.Tensor, lengths: torch.Tensor, batch_size: int,
     pos = torch.floor(u.to(torch.float64) * lens).long()
     pos = torch.minimum(pos.clamp_min(0), (lengths - 1).unsqueeze(1))
     return torch.gather(table, 1, pos)
+
+
+def group_batches(table: torch.Tensor, lengths: torch.Tensor, batch_size: int, n: int,
+                  ids: range, generator: torch.Generator,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Minibatch indices of the workers ``ids`` of a group (``table``/``lengths``: their
+    :func:`pad_shards`), or of its group-local rows ``rows`` only: uniforms are drawn for all n
+    workers from ``generator`` and sliced, so a worker's batch depends on the generator and its
+    own index alone, whichever group hosts it and whichever others are drawn with it."""
+    u = torch.rand(n, batch_size, generator=generator)[ids.start:ids.stop]
+    if rows is not None:
+        u, table, lengths = u[rows.cpu()], table[rows], lengths[rows]
+    return sample_batches(table, lengths, batch_size, u.to(table.device))

@@ -8,7 +8,8 @@ differs between them: the settings it implies and its validation, its worker-sid
 start-up exchange and its round diagnostics. Trainer, server, both transports and the worker
 ranks ask the run's protocol (:func:`protocol_of`); none of them compares names.
 
-A rule names its protocol (``Rule.protocol``); ``--agg NAME`` thereby selects it.
+A rule names its protocol (``Rule.protocol``); ``--agg NAME`` thereby selects it, unless a
+protocol claims the run by its settings (:meth:`Protocol.claims`: the federated mode's flags).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from common.aggregation.rules import RULES
 from common.errors import require
 from common.params import Param, Registry
 from common.rows import take_rows
+from common.run.schedule import learning_rate
 from common.wire.formats import FloatRows
 
 __all__ = ["Protocol", "Clients", "PROTOCOLS", "protocol_of", "plain_uploads"]
@@ -47,10 +49,13 @@ class Clients:
     def __init__(self, group) -> None:
         self.group = group
 
-    def compute(self, params: Tensor, t: int, byz: Tensor) -> Tensor:
+    def compute(self, params: Tensor, t: int, byz: Tensor,
+                active: Tensor | None = None) -> Tensor:
         """The group's messages of round t in the protocol's wire format (``byz``: the group's
-        Byzantine mask). Byzantine rows are attacked, except for omniscient attacks, whose rows
-        the transport has crafted once the round's honest messages are known."""
+        Byzantine mask; ``active``: the group's workers taking part this round, None for all,
+        given only by protocols that sample them, :meth:`Protocol.participants`). Byzantine
+        rows are attacked, except for omniscient attacks, whose rows the transport has crafted
+        once the round's honest messages are known."""
         raise NotImplementedError
 
     def craft(self, own: Tensor, honest: Tensor | None, t: int, rows: Tensor,
@@ -63,7 +68,7 @@ class Clients:
 class GradientClients(Clients):
     """Every worker sends its momentum (its gradient when the momentum is 0)."""
 
-    def compute(self, params: Tensor, t: int, byz: Tensor) -> Tensor:
+    def compute(self, params, t, byz, active=None):
         return self.group.momentum_messages(params, t, byz)
 
 
@@ -88,6 +93,11 @@ class Protocol:
     def validate(self, cfg, chain) -> None:
         """Raise ConfigError if ``cfg`` (with the pre-aggregator ``chain`` built for it) cannot
         run under this protocol."""
+
+    def claims(self, cfg) -> bool:
+        """Whether the run's settings choose this protocol whatever its rule names (the
+        federated protocol: its flags); False for protocols chosen by their rules."""
+        return False
 
     def reserved_samples(self, cfg, n_train: int) -> Tensor | None:
         """Training-set indices no worker may hold (the server's own data), or None."""
@@ -141,7 +151,25 @@ class Protocol:
     def start(self, rule, startup: list) -> None:
         """Hand the server's rule what the clients sent at start-up (one entry per worker)."""
 
+    # -- rounds --------------------------------------------------------------------------------
+    def participants(self, cfg, t: int) -> np.ndarray | None:
+        """The sorted workers that take part in round t (the rows of its messages, in this
+        order), or None: every worker, in worker order."""
+        return None
+
+    def step_size(self, cfg, t: int) -> float:
+        """The learning rate of the server's step in round t (``--lr`` and its schedule)."""
+        return learning_rate(cfg, t)
+
+    def round_record(self, cfg, t: int, clients: np.ndarray | None) -> dict:
+        """What ``metrics.jsonl`` records about round t besides the trainer's keys."""
+        return {}
+
 
 def protocol_of(cfg) -> Protocol:
-    """The protocol of the run: the one its rule (``--agg``) names."""
+    """The protocol of the run: one its settings claim (:meth:`Protocol.claims`), else the one
+    its rule (``--agg``) names."""
+    for proto in PROTOCOLS.values():
+        if proto.claims(cfg):
+            return proto
     return PROTOCOLS.get(RULES.get(cfg.agg).protocol)

@@ -14,6 +14,11 @@ that g0 and the messages it judges are the same kind of vector. Then (:func:`flt
 (zero when every trust score is zero). Rank 0 computes g0 in one process and under MPI alike:
 every process builds the same problem, data included, so nothing crosses the wire.
 
+In federated mode (:mod:`common.protocols.federated`) the messages are the clients' updates
+x - x_local after K local steps, and so is the reference, as in the paper: g0 = x - x_K after
+``--local-steps`` K steps of the server on its root set (the whole root set each step) at the
+clients' local learning rate and momentum (:meth:`FLTrustServer.local_update`).
+
 Diagnostics per round (``metrics.jsonl``, key ``rule``): ``trust`` per row (4 significant
 digits), ``trusted`` (rows of positive trust) and ``g0_norm``.
 """
@@ -30,6 +35,7 @@ from common.errors import require
 from common.params import Param
 from common.protocols.base import PROTOCOLS
 from common.protocols.diversefl import GuidingGradients
+from common.protocols.federated import federated, local_lr, local_momentum
 from common.protocols.gradient import Gradient
 from common.seeding import round_generator
 
@@ -82,7 +88,7 @@ def root_indices(cfg, n_train: int) -> Tensor:
 class FLTrustServer:
     """The server's FLTrust rule (``rule(x, honest, f=..., workers=...)``): g0 at the server's
     live parameters (``params`` is updated in place by the server's step), then :func:`fltrust`.
-    State: g0's momentum buffer."""
+    State: g0's momentum buffer. ``round``: the round being aggregated (the server sets it)."""
 
     name = "fltrust"
     stateful = True
@@ -95,11 +101,18 @@ class FLTrustServer:
         self.reference = GuidingGradients(problem, [root], choose_path(cfg, problem.model), device)
         self.buf: Tensor | None = None
         self.info: dict = {}
+        self.round = 0
 
     def g0(self) -> Tensor:
-        """This round's reference: the root-set gradient through the workers' momentum."""
-        g = self.reference(self.params)[0]
-        beta = self.cfg.momentum
+        """This round's reference: the root-set gradient through the workers' momentum (in
+        federated mode: :meth:`local_update`)."""
+        if federated(self.cfg):
+            return self.local_update()
+        return self._momentum(self.reference(self.params)[0], self.cfg.momentum)
+
+    def _momentum(self, g: Tensor, beta: float) -> Tensor:
+        """The buffer after ``buf <- beta buf + g`` (ema: ``beta buf + (1 - beta) g``); g if
+        beta is 0."""
         if not beta:
             return g
         if self.buf is None:
@@ -109,6 +122,16 @@ class FLTrustServer:
         else:
             self.buf.mul_(beta).add_(g)
         return self.buf
+
+    def local_update(self) -> Tensor:
+        """The server's update as a client computes its own: K SGD steps on the root set from
+        the global model at the clients' local lr of this round and their momentum (the
+        buffer carried across rounds); ``x - x_K``."""
+        lr, beta = local_lr(self.cfg, self.round), local_momentum(self.cfg)
+        theta = self.params.clone()
+        for _ in range(self.cfg.local_steps):
+            theta.sub_(self._momentum(self.reference(theta)[0], beta), alpha=lr)
+        return self.params - theta
 
     def __call__(self, x: Tensor, honest: Tensor | None = None, f: int | None = None,
                  workers: Tensor | None = None, generator=None) -> Tensor:
@@ -141,7 +164,8 @@ class FLTrustRule(Rule):
 
 
 class FLTrust(Gradient):
-    """Gradient messages judged against the server's own gradient on its root set."""
+    """Gradient messages judged against the server's own gradient on its root set (in
+    federated mode: updates against its own update)."""
 
     name = "fltrust"
 

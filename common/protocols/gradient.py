@@ -15,7 +15,7 @@ class Gradient(Protocol):
     name = "gradient"
 
     def validate(self, cfg, chain) -> None:
-        n = cfg.num_workers
+        n = cfg.participants   # the rows of a round: every worker's, or the sampled clients'
         n_in = chain.out_count(n)
         rule = RULES.get(cfg.agg)
         if rule.per_worker and n_in != n:

@@ -66,7 +66,8 @@ class RSAClients(Clients):
         group.state["thetas"].copy_(group.problem.init_params.to(group.device).unsqueeze(0))
         self.center = group.problem.init_params.to(group.device).clone()  # theta_M of the round
 
-    def compute(self, params: Tensor, t: int, byz: Tensor) -> Tensor:
+    def compute(self, params: Tensor, t: int, byz: Tensor,
+                active: Tensor | None = None) -> Tensor:
         """Step every client's model against theta_M = ``params``; return the (k, d) uploads."""
         g = self.group
         self.center = params.to(g.device).clone()

@@ -105,7 +105,8 @@ class CodedClients(Clients):
             g.attack_rows(v, byz.nonzero().flatten(), None, t)
         return v
 
-    def compute(self, params: Tensor, t: int, byz: Tensor) -> Tensor:
+    def compute(self, params: Tensor, t: int, byz: Tensor,
+                active: Tensor | None = None) -> Tensor:
         """The group's (k, width) uint8 stack of packed votes for round t."""
         return self.wire.stack(self.pack_all(self.votes(params, t, byz).cpu()))
 

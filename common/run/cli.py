@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from common.errors import ConfigError, one_line
+from common.run.command import explicit_command
 from common.run.config import Config, validate
 from common.run.flags import flag_names, given_dests, list_choices, parse_args
 from common.run.io import CHECKPOINT, UnsafeCheckpointError, load_torch, read_config_file
@@ -33,9 +34,11 @@ class Resolved:
 
 
 def resolve_run(argv: Sequence[str] | None, prog: str,
-                check: Callable[[Config], None] | None = None) -> Resolved | None:
+                check: Callable[[Config], None] | None = None,
+                launcher: str = "") -> Resolved | None:
     """The run the command line asks for, its directory claimed; None for ``--list``.
-    ``check(cfg)``: the caller's own checks (ConfigError), made before anything is written."""
+    ``check(cfg)``: the caller's own checks (ConfigError), made before anything is written.
+    Prints the run's explicit command (``launcher``, e.g. ``mpiexec -n 5``, in front)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, ns = parse_args(argv, prog)
     if ns.list:
@@ -46,7 +49,9 @@ def resolve_run(argv: Sequence[str] | None, prog: str,
             check(cfg)
         run_dir = cfg.output or default_run_dir(cfg)
         cfg.output = run_dir
-        return Resolved(cfg, run_dir, False, prepare_run(cfg, run_dir, False, ns.overwrite))
+        lock = prepare_run(cfg, run_dir, False, ns.overwrite)
+        print(f"run: {explicit_command(cfg, prog, launcher)}", flush=True)
+        return Resolved(cfg, run_dir, False, lock)
     run_dir = ns.resume
     given = given_dests(argv, prog) - {"resume"}
     refused = sorted(given - set(RESUMABLE))
@@ -61,7 +66,9 @@ def resolve_run(argv: Sequence[str] | None, prog: str,
     validate(saved)
     if check is not None:
         check(saved)
-    return Resolved(saved, run_dir, True, prepare_run(saved, run_dir, True))
+    lock = prepare_run(saved, run_dir, True)
+    print(f"run: {explicit_command(saved, prog, launcher)} (resumed from {run_dir})", flush=True)
+    return Resolved(saved, run_dir, True, lock)
 
 
 def default_run_dir(cfg: Config) -> str:
@@ -90,7 +97,9 @@ def prepare_run(cfg: Config, run_dir: str, resume: bool, overwrite: bool = False
                               "more")
         stamp = ck.get("fingerprint")
         if isinstance(stamp, dict) and isinstance(stamp.get("config"), dict):
-            diffs = config_differences(stamp["config"], cfg.to_dict())
+            # a field added since the checkpoint was written ran at its default
+            saved = {**fingerprint(Config().to_dict()), **stamp["config"]}
+            diffs = config_differences(saved, cfg.to_dict())
             if diffs:
                 raise refuse(run_dir, "config.json does not describe the run of checkpoint.pt "
                              "(edited, or another run's); restore it or start a new run", diffs)

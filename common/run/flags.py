@@ -25,12 +25,13 @@ from common.aggregation.rules import RULES
 from common.attacks import ATTACKS
 from common.compute.paths import GRAD_PATHS
 from common.data import datasets, models
-from common.errors import ConfigError
+from common.errors import ConfigError, warn
 from common.params import declared_params, parse_bool, registries
 from common.protocols import PROTOCOLS
+from common.run.catalog import HelpFormatter, Parser, int_list, save_catalog
 from common.run.config import COMPILE_MODES, FAULT_KINDS, MOMENTUM_STYLES, Config, validate
 from common.run.io import read_config_file
-from common.run.plugins import load_plugins
+from common.run.plugins import load_plugins, loaded_plugins
 from common.run.schedule import BYZ_SCHEDULES, LR_SCHEDULES
 
 __all__ = ["build_parser", "parse_args", "list_choices", "parse_bool"]
@@ -38,32 +39,14 @@ __all__ = ["build_parser", "parse_args", "list_choices", "parse_bool"]
 _PARAM = "param:"  # argparse dest prefix of a declared parameter's flag
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises ConfigError instead of printing usage and exiting."""
-
-    def error(self, message: str):  # noqa: D401
-        raise ConfigError(f"{message} (see --help)")
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in every flag's help, and the epilog's list of choices kept one kind per line."""
-
-
 def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
     """The full parser: the run-level flags and every declared parameter's flag."""
     d = Config()
-    p = _Parser(
+    p = Parser(
         prog=prog,
         description="Byzantine-robust distributed training: n workers, f Byzantine, a robust rule.",
         epilog="choices (details: --list):\n" + list_choices(detail=False),
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--list", action="store_true", help="print every dataset, model, rule, "
                    "pre-aggregator, attack and schedule with their parameters, then exit")
@@ -117,18 +100,27 @@ def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--rounds", "--iterations", dest="rounds", type=int, default=d.rounds)
-    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--lr", type=float, default=d.lr,
+                   help="learning rate (default: 0.1 for plain SGD and --momentum-style ema; "
+                   "0.1 (1 - beta) with heavy-ball momentum beta, the same step as plain SGD at "
+                   "0.1; signSGD 1e-3)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
                    help="constant | sqrt (lr/sqrt(t)) | step (x gamma at --lr-milestones) | "
                    "warmup (linear from --warmup-start to lr over --warmup-rounds)")
-    g.add_argument("--lr-milestones", type=_int_list, default=d.lr_milestones,
+    g.add_argument("--lr-milestones", type=int_list, default=d.lr_milestones,
                    help="rounds where step decay multiplies lr by --lr-gamma, e.g. 500,950")
     g.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
     g.add_argument("--warmup-rounds", type=int, default=d.warmup_rounds)
     g.add_argument("--warmup-start", type=float, default=d.warmup_start)
-    g.add_argument("--momentum", type=float, default=d.momentum, help="worker momentum beta")
+    g.add_argument("--momentum", type=float, default=d.momentum,
+                   help="worker momentum beta (0: none)")
     g.add_argument("--momentum-style", choices=MOMENTUM_STYLES, default=d.momentum_style,
                    help="heavyball: m = beta m + g (bucketing paper); ema: m = beta m + (1-beta) g")
+    g.add_argument("--byz-raw-gradients", type=parse_bool, default=d.byz_raw_gradients,
+                   metavar="True|False",
+                   help="the Byzantine workers' own messages (bit flip, label flip, ...) start "
+                   "from their raw gradients, without worker momentum, as in the bucketing "
+                   "paper's code (omniscient attacks see the honest momenta either way)")
     g.add_argument("--server-momentum", type=float, default=d.server_momentum,
                    help="momentum of the server's step (0.9 for signSGD in the coding paper)")
     g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float,
@@ -174,8 +166,29 @@ def build_parser(prog: str = "main.py") -> argparse.ArgumentParser:
                    "otherwise)")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
+    _add_federated(p, d)
     _add_declared(p)
     return p
+
+
+def _add_federated(p: argparse.ArgumentParser, d: Config) -> None:
+    """The federated mode's flags (common/protocols/federated.py); any of them given turns it on."""
+    g = p.add_argument_group("federated mode (any of these turns it on; the rule aggregates the "
+                             "clients' updates x - x_local)")
+    g.add_argument("--local-steps", type=int, default=d.local_steps, metavar="K",
+                   help="local SGD steps per client and round, each on a fresh minibatch")
+    g.add_argument("--local-lr", type=float, default=d.local_lr,
+                   help="the clients' step size; unset: --lr (--lr-schedule scales it)")
+    g.add_argument("--local-momentum", type=float, default=d.local_momentum,
+                   help="the clients' momentum, kept across their rounds; unset: --momentum")
+    g.add_argument("--server-lr", type=float, default=d.server_lr,
+                   help="the server's step on the aggregated update; unset: 1 (FedAvg)")
+    g.add_argument("--clients-per-round", type=int, default=d.clients_per_round, metavar="M",
+                   help="clients drawn at random (seeded) each round; the others sit it out "
+                   "(0: all); --defense-f is then f among the M (unset: ceil(M f / n))")
+    g.add_argument("--participation", type=float, default=None, metavar="P",
+                   help="the fraction of the clients drawn each round: --clients-per-round "
+                   "round(P n), at least 1; unset: --clients-per-round")
 
 
 def _add_declared(p: argparse.ArgumentParser) -> None:
@@ -245,6 +258,7 @@ def parse_args(argv: Sequence[str] | None = None,
     argv = list(sys.argv[1:] if argv is None else argv)
     load_plugins(_plugins_first(argv))
     parser = build_parser(prog)
+    _save_catalog(parser)
     ns = parser.parse_args(argv)
     if ns.list:
         return Config(), ns
@@ -260,6 +274,8 @@ def parse_args(argv: Sequence[str] | None = None,
         raise ConfigError(f"--bucketing S needs a bucket size S >= 1 (0 disables), got {ns.bucketing}")
     if ns.bucketing is not None:
         values["pre"] = f"bucketing:{ns.bucketing}" if ns.bucketing > 0 else "none"
+    if ns.participation is not None:
+        values["clients_per_round"] = _participation(ns.participation, values, given)
     params = _given_params(ns)
     if not ns.config:
         _protocol_defaults(values, given | set(params))
@@ -276,7 +292,47 @@ def parse_args(argv: Sequence[str] | None = None,
     if ns.resume:
         return cfg, ns
     validate(cfg)
+    _warn_idle_flags(cfg, given)
     return cfg, ns
+
+
+def _warn_idle_flags(cfg: Config, given: set[str]) -> None:
+    """Warn about an attack without attackers, and attackers without an attack: each is
+    almost always a forgotten flag."""
+    if "attack" in given and cfg.attack != "none" and cfg.num_byzantine == 0:
+        warn(f"--attack {cfg.attack} with -f 0: no worker is Byzantine, so nothing attacks; "
+             "give -f F, the number of Byzantine workers")
+    if "num_byzantine" in given and "attack" not in given and cfg.attack == "none" \
+            and cfg.num_byzantine > 0:
+        warn(f"-f {cfg.num_byzantine} without --attack: the Byzantine workers send honest "
+             "messages; give --attack NAME (see --list), or -f 0 --defense-f "
+             f"{cfg.num_byzantine} to only make the defense assume {cfg.num_byzantine}")
+
+
+def _save_catalog(parser: argparse.ArgumentParser) -> None:
+    """The catalog of the built-in command line (:mod:`common.run.catalog`), once per process;
+    never with a plugin's names or flags in it."""
+    if parser.prog in _CATALOG_SAVED or loaded_plugins():
+        return
+    named = [cls for reg in registries() for cls in reg.values()]
+    named += list(datasets.DATASETS.values()) + list(models.MODELS.values())
+    if any(not getattr(x, "__module__", "").startswith("common.") for x in named):
+        return
+    save_catalog(parser, list_choices(), {"rule": RULES.names(), "attack": ATTACKS.names()})
+    _CATALOG_SAVED.append(parser.prog)
+
+
+_CATALOG_SAVED: list[str] = []
+
+
+def _participation(p: float, values: dict, given: set[str]) -> int:
+    """``--participation P`` as the clients per round: round(P n), at least 1."""
+    if "clients_per_round" in given:
+        raise ConfigError("give --clients-per-round or --participation, not both")
+    if not 0 < p <= 1:
+        raise ConfigError(f"--participation must be in (0, 1], got {p}")
+    n = values["num_workers"]
+    return max(1, round(p * n)) if isinstance(n, int) else 0
 
 
 def _given_params(ns: argparse.Namespace) -> dict:
@@ -320,7 +376,7 @@ def list_choices(detail: bool = True) -> str:
     ]
     titles = {"rule": "rules (--agg)", "pre-aggregator": "pre-aggregators (--pre, chain with "
               "commas; NAME:VALUE sets the first parameter)", "attack": "attacks (--attack)",
-              "protocol": "protocols (chosen by the rule)"}
+              "protocol": "protocols (chosen by the rule; federated by its flags)"}
     for reg in (RULES, PREAGGREGATORS, ATTACKS, PROTOCOLS):
         title = titles.get(reg.kind, reg.kind)
         if detail:

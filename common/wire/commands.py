@@ -1,12 +1,14 @@
 """The MPI protocol's commands, tags and rank layout, and polling waits.
 
-Every command starts with a broadcast of an int64 header ``[cmd, t, seq, byz_0 .. byz_{n-1}]``:
+Every command starts with a broadcast of an int64 header ``[cmd, t, seq, w_0 .. w_{n-1}]``,
+``w_i`` = 1 if worker i is Byzantine this round, plus :data:`ABSENT` if it sits the round out
+(a protocol that samples its clients):
 
 * ROUND: broadcast of the float32 parameters; each worker rank sends its group's messages (in
   its protocol's wire format) and a trailer (k float32 batch losses + :data:`INFO_BYTES` of
-  attack info). For an omniscient attack the crafting ranks (:func:`crafting_ranks`) then
-  receive the round's usable honest messages, craft, and send back the rows of their Byzantine
-  workers (+ info);
+  attack info), k its workers taking part (a rank with none sends nothing). For an omniscient
+  attack the crafting ranks (:func:`crafting_ranks`) then receive the round's usable honest
+  messages, craft, and send back the rows of their Byzantine workers (+ info);
 * STATE / LOAD: the group's per-worker tensors as raw buffers, and the attack's state as
   float64 numbers (:mod:`common.wire.codecs`), to or from rank 0;
 * STARTUP: each rank sends its clients' start-up buffers (the protocol's start-up exchange,
@@ -22,7 +24,7 @@ import time
 
 import numpy as np
 
-__all__ = ["CMD_ROUND", "CMD_STATE", "CMD_LOAD", "CMD_STOP", "CMD_STARTUP", "HEADER",
+__all__ = ["ABSENT", "CMD_ROUND", "CMD_STATE", "CMD_LOAD", "CMD_STOP", "CMD_STARTUP", "HEADER",
            "KIND_MSG", "KIND_TRAILER", "KIND_HONEST", "KIND_CRAFT", "KIND_ATTACK_LEN",
            "KIND_ATTACK", "KIND_STARTUP", "KIND_TENSOR", "NUM_KINDS", "TAG_PERIOD", "TAG_MAX",
            "INFO_BYTES", "DRAIN_BYTES", "tag", "rank_groups", "attack_ranks",
@@ -31,6 +33,7 @@ __all__ = ["CMD_ROUND", "CMD_STATE", "CMD_LOAD", "CMD_STOP", "CMD_STARTUP", "HEA
 CMD_ROUND, CMD_STATE, CMD_LOAD, CMD_STOP = 1, 2, 3, 4
 CMD_STARTUP = 5            # the protocol's start-up exchange (DiverseFL: the clients' samples)
 HEADER = 3                 # cmd, t, seq; then the n-entry Byzantine mask
+ABSENT = 2                 # header bit of a worker that sits the round out
 KIND_MSG, KIND_TRAILER, KIND_HONEST, KIND_CRAFT = 0, 1, 2, 3
 KIND_ATTACK_LEN, KIND_ATTACK = 4, 5
 KIND_STARTUP = 6           # + index of the start-up buffer (at most 2)

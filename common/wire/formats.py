@@ -51,21 +51,40 @@ class FloatRows:
 
 
 class FloatReceiver:
-    """Rank 0's (n, d) float32 message buffer; each rank's rows are received in place."""
+    """Rank 0's (n, d) float32 message buffer; each rank's rows are received in place.
+
+    ``rows[r - 1]``: the rows of rank r's workers, its group by default; :meth:`arrange` lays
+    out a round that samples clients: their rows in client order, so each rank's are
+    consecutive, in the first m rows."""
 
     def __init__(self, n: int, d: int, groups: list[range]) -> None:
         self.groups = groups
         self.msg = np.zeros((n, d), np.float32)
         self.msg_t = torch.from_numpy(self.msg)
+        self.rows: list[range] = list(groups)
+        self.m = n
+
+    def arrange(self, clients: np.ndarray | None) -> list[range]:
+        """The rows of every rank for a round of the sorted ``clients`` (None: every worker),
+        which the next receives and :meth:`messages` use; returned."""
+        if clients is None:
+            self.rows, self.m = list(self.groups), len(self.msg)
+        else:
+            ends = np.searchsorted(clients, [g.stop for g in self.groups])
+            starts = [0, *ends[:-1]]
+            self.rows = [range(int(a), int(b)) for a, b in zip(starts, ends)]
+            self.m = len(clients)
+        return self.rows
 
     def buffer(self, r: int) -> np.ndarray:
-        """Where rank r's message lands: its workers' rows of the (n, d) buffer."""
-        g = self.groups[r - 1]
-        return self.msg[g.start:g.stop]
+        """Where rank r's message lands: its workers' rows of the buffer."""
+        rr = self.rows[r - 1]
+        return self.msg[rr.start:rr.stop]
 
     def messages(self, status: list[str], ok: str, device: torch.device) -> Tensor:
-        """The round's (n, d) messages on ``device`` (no copy on the CPU)."""
-        return self.msg_t if device.type == "cpu" else self.msg_t.to(device)
+        """The round's (n, d) (or (m, d)) messages on ``device`` (no copy on the CPU)."""
+        out = self.msg_t[:self.m]
+        return out if device.type == "cpu" else out.to(device)
 
 
 class VoteWire:

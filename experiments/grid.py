@@ -1,5 +1,10 @@
-"""What an experiment is: its sizes, runs, report layout and the flags every grid starts from
-(:mod:`experiments.grids` holds the experiments themselves)."""
+"""The pieces every experiment grid is made of: sizes, the table layout, runs and experiments.
+
+An experiment (:class:`Experiment`) is a list of runs; a run (:class:`Run`) is a set of
+:class:`~common.run.config.Config` values (keys are Config field names, so the same names appear
+in each run's ``config.json`` and in ``results.csv``). The grids themselves are
+:mod:`experiments.grids`.
+"""
 from __future__ import annotations
 
 import itertools
@@ -125,5 +130,6 @@ def product(**axes: list) -> list[Flags]:
     return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
 
 
+# Every base starts from these: a grid never depends on the command line's defaults.
 NEUTRAL: Flags = dict(partition="iid", attack="none", pre="none", momentum=0.0,
                       momentum_style="heavyball", server_momentum=0.0, weight_decay=0.0)
