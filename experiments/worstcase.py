@@ -108,11 +108,12 @@ def _base(defenses_base: Callable[[str], Flags], size: str) -> Flags:
 
 
 @lru_cache(maxsize=None)
-def _cells(size: str, rules: tuple[str, ...]) -> tuple[tuple[Flags, ...], tuple[tuple[Flags, str], ...]]:
+def _cells(rules: tuple[str, ...], n: int) -> tuple[tuple[Flags, ...], tuple[tuple[Flags, str], ...]]:
+    """(the cells that run, (cell, why) of those left out) for ``rules`` and n workers."""
     run, skipped = [], []
     for cell in product(partition=HETEROGENEITY, pre=["none", "bucketing:2", "nnm", "arc"],
                         agg=list(rules), num_byzantine=BYZANTINE, attack=ATTACK_SET):
-        why = skip_reason(cell["agg"], cell["pre"], 25, cell["num_byzantine"], cell["attack"])
+        why = skip_reason(cell["agg"], cell["pre"], n, cell["num_byzantine"], cell["attack"])
         if why:
             skipped.append((cell, why))
         else:
@@ -143,8 +144,9 @@ def worstcase_experiments(defenses_base: Callable[[str], Flags],
                           all_rules: list[str]) -> list[Experiment]:
     """The two experiments: ``worstcase`` on the defenses experiment's setting
     (``defenses_base``), :data:`WORST_RULES` below FULL and ``all_rules`` at FULL; ``worstcase_byzfl``."""
-    def rules_of(size: str) -> tuple[str, ...]:
-        return tuple(all_rules if size == FULL else WORST_RULES)
+    def cells(size: str) -> tuple[tuple[Flags, ...], tuple[tuple[Flags, str], ...]]:
+        rules = tuple(all_rules if size == FULL else WORST_RULES)
+        return _cells(rules, _base(defenses_base, size)["num_workers"])
 
     return [
         Experiment(
@@ -154,13 +156,13 @@ def worstcase_experiments(defenses_base: Callable[[str], Flags],
             "over sign flip, label flip, ALIE, IPM, opt-ALIE, opt-IPM, min-max, min-sum, Fang "
             "(coordinate-wise rules) and mimic; adaptive attacks beat the fixed ALIE / IPM.",
             lambda size: _base(defenses_base, size),
-            lambda size: [dict(c) for c in _cells(size, rules_of(size))[0]],
+            lambda size: [dict(c) for c in cells(size)[0]],
             Layout(rows=("agg",), cols=("num_byzantine",), facet_rows=("partition",),
                    facet_cols=("pre",), worst_over=("attack",),
                    versus=(("opt-alie", ("alie",)), ("opt-ipm", ("ipm",)),
                            ("minmax", ("alie", "ipm")), ("minsum", ("alie", "ipm")))),
             seeds=(1, 1, 3), sizes=(DIGITS, FMNIST, FULL),
-            skipped=lambda size: [(dict(c), why) for c, why in _cells(size, rules_of(size))[1]]),
+            skipped=lambda size: [(dict(c), why) for c, why in cells(size)[1]]),
         Experiment(
             "worstcase_byzfl", "ByzFL's benchmark on Fashion-MNIST: 10 honest clients + f = 1..4, "
             "static clip (C = 2) + NNM, trimmed mean and geometric median, iid vs sorted non-iid, "
