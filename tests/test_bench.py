@@ -77,3 +77,12 @@ def test_rounds_bench_times_federated_local_steps():
     for model, n, b in (("softmax", 4, 32), ("mlp", 4, 8)):
         assert re.search(rf"^{model}\s+{n}\s+{b}\s+linear(\s+\d+){{5}}(\s+[\d.]+){{2}}$", text,
                          re.M), (model, text)
+
+
+def test_rounds_bench_times_the_readmes_first_command():
+    from tests.test_readme import COMMANDS
+
+    text = bench("bench/rounds.py", "--part", "default")
+    timed = re.search(r"== `(python main\.py[^`]*)`: [\d.]+ s wall including start-up\n"
+                      r"\s+final test accuracy [\d.]+%", text)
+    assert timed and timed.group(1) == COMMANDS[1], text  # the README's first command
