@@ -4,7 +4,8 @@
 
 PNGs are re-encoded with a 128-colour palette (line plots and heat maps lose nothing visible) so
 the committed figures stay a few tens of KB each; report.md, results.csv and worstcase.csv are
-copied as is.
+copied as is; the run logs go into ``runs.tar.gz`` (:mod:`experiments.archive`: what the report
+is rebuilt from, and what lets ``bash run.sh`` continue a published grid elsewhere).
 """
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import os
 import shutil
 import sys
 from typing import Sequence
+
+from experiments.archive import ARCHIVE, pack
+from experiments.grids import EXPERIMENTS
+from experiments.runlogs import experiment_of
 
 FILES = ("report.md", "results.csv", "worstcase.csv")
 
@@ -38,7 +43,11 @@ def publish(exp_dir: str, dest_root: str = os.path.join("docs", "results")) -> l
         else:
             continue
         written.append(dst)
-    return written
+    name, _ = experiment_of(os.path.basename(exp_dir))
+    every = name in EXPERIMENTS and EXPERIMENTS[name].layout.selection  # per-round selections
+    archive = os.path.join(dest, ARCHIVE)
+    pack(exp_dir, archive, every_record=every)
+    return written + [archive]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

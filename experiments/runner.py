@@ -47,8 +47,10 @@ def _same_config(out_dir: str, argv: list[str]) -> bool:
         return False
     done = done_cfg.to_dict()
     cfg, _ = parse_args(argv)
-    # progress only changes the terminal output, not the run
-    return all(done.get(k) == v for k, v in cfg.to_dict().items() if k != "progress")
+    # progress only changes the terminal output, and a run restored or moved from another
+    # directory (experiments.archive) is the same run
+    return all(done.get(k) == v for k, v in cfg.to_dict().items()
+               if k not in ("progress", "output"))
 
 
 def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str, float]:

@@ -377,3 +377,30 @@ def test_worstcase_grids_and_what_they_leave_out():
     assert {(r.flags["num_byzantine"], r.flags["num_workers"]) for r in byzfl} == {
         (f, 10 + f) for f in range(5)}
     assert {r.flags["pre"] for r in byzfl} == {"clip:2,nnm"}
+
+
+@pytest.mark.slow
+def test_a_published_grid_restores_and_continues(tmp_path, capsys):
+    """publish packs the run logs; restored elsewhere they rebuild the same table and the runner
+    counts them as done (a grid published half-way continues where it stopped)."""
+    from experiments import archive, publish, report
+
+    exp = grids.get("smoke")
+    exp_dir = runner.run_experiment(exp, rounds=3, out_root=str(tmp_path / "a"), quiet=True)
+    written = publish.publish(exp_dir, str(tmp_path / "docs"))
+    published = os.path.dirname(written[-1])
+    assert written[-1].endswith("runs.tar.gz")
+    restored_dir, restored, kept = archive.restore(published, str(tmp_path / "b"))
+    assert (restored, kept) == (4, 0) and os.path.basename(restored_dir) == "smoke-digits"
+    report.write_report(restored_dir, quiet=True)
+
+    def table(d):
+        md = open(os.path.join(d, "report.md")).read()
+        return [ln for ln in md.splitlines() if ln.startswith("|")]
+
+    assert table(restored_dir) == table(exp_dir)
+    capsys.readouterr()
+    runner.run_experiment(exp, rounds=3, out_root=str(tmp_path / "b"))
+    assert capsys.readouterr().out.count("skipped") == 4
+    assert archive.restore(published, str(tmp_path / "b"))[1:] == (0, 4)  # nothing overwritten
+    assert archive.main(["restore", str(tmp_path / "nothing")]) == 2

@@ -69,7 +69,7 @@ def test_the_readme_starts_with_setup_and_the_test_command():
     assert "pip install -q -r requirements.txt" in ci and "\npython -m pytest -q\n" in ci
     kinds = {_kind(c) for c in COMMANDS}  # every command is of a kind a test below runs
     assert kinds <= {"pip", "pytest", "main", "mpi", "grid", "hosts.check",
-                     "experiments.report", "experiments.publish"}, kinds
+                     "experiments.report", "experiments.publish", "experiments.archive"}, kinds
 
 
 def _data_dir_args(words: list[str], tmp_path) -> list[str]:
@@ -147,24 +147,31 @@ def test_the_hostfile_check_command_reports_the_example_hosts():
     assert r.returncode == 2 and len(errors) == 3 and "cannot resolve host" in errors[0]
 
 
-def test_the_report_and_publish_commands_run(tmp_path):
+def test_the_report_publish_and_restore_commands_run(tmp_path):
     """Run in a directory of the test's holding ``outputs/<experiment>`` (the smoke grid's runs),
-    so publish writes its ``docs/results/`` there, not over the committed results."""
+    so publish writes its ``docs/results/`` there, not over the committed results; then restore
+    puts the published runs back into a fresh ``outputs/<experiment>``."""
     from experiments import grids, runner
 
     exp_dir = runner.run_experiment(grids.get("smoke"), rounds=2, out_root=str(tmp_path / "tmp"),
                                     quiet=True)
-    cmds = [c for c in COMMANDS if _kind(c) in ("experiments.report", "experiments.publish")]
-    assert [_kind(c) for c in cmds] == ["experiments.report", "experiments.publish"]
+    kinds = ("experiments.report", "experiments.publish", "experiments.archive")
+    cmds = [c for c in COMMANDS if _kind(c) in kinds]
+    assert [_kind(c) for c in cmds] == list(kinds)
+    name = os.path.basename(shlex.split(cmds[0])[-1])
+    target = tmp_path / "outputs" / name
+    shutil.copytree(exp_dir, target)
+    (target / "report.md").unlink()
+    outputs = {}
     for cmd in cmds:
+        if _kind(cmd) == "experiments.archive":
+            shutil.rmtree(target)
         words = shlex.split(cmd)
-        target = tmp_path / words[-1]
-        if not target.exists():
-            shutil.copytree(exp_dir, target)
-            (target / "report.md").unlink()
         r = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path, capture_output=True,
                            text=True, timeout=300, env=process_env(PYTHONPATH=ROOT))
         assert r.returncode == 0, r.stderr[-2000:]
-    assert (tmp_path / words[-1] / "report.md").is_file()
-    published = tmp_path / "docs" / "results" / os.path.basename(words[-1])
+        outputs[_kind(cmd)] = r.stdout
+    published = tmp_path / "docs" / "results" / name
     assert (published / "report.md").is_file() and list(published.glob("*.png"))
+    assert "4 runs restored" in outputs["experiments.archive"]
+    assert len(list(target.glob("*/summary.json"))) == 4
