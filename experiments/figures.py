@@ -104,6 +104,8 @@ def plot_grid(path_heat: str, path_bars: str, runs, rows, cols, title: str,
     mean = [[(sum(vals[(r, c)]) / len(vals[(r, c)]) if vals.get((r, c)) else float("nan"))
              for c in cv] for r in rv]
     rlabels = [label(rows, r) for r in rv]
+    if len(cv) >= 2 and len(rows) >= 2 and len(rv) > MAX_HEAT_ROWS:
+        return _heat_panels(path_heat, rows, cols, rv, cv, mean, title, what)
     if len(cv) >= 2:
         clabels = [label(cols, c) for c in cv]
         # Long, narrow grids read better lying down: table rows become the x axis.
@@ -139,6 +141,48 @@ def plot_grid(path_heat: str, path_bars: str, runs, rows, cols, title: str,
     fig.savefig(path_bars, dpi=DPI)
     plt.close(fig)
     return path_bars
+
+
+# A heat map with more rows than this is split into panels by its last row key.
+MAX_HEAT_ROWS = 24
+
+
+def _heat_panels(path: str, rows, cols, rv, cv, mean, title: str, what: str) -> str:
+    """One heat map panel per value of the last row key (e.g. the pre-aggregator), side by side,
+    each the other row keys x the columns."""
+    plt = _plt()
+    panels = _ordered_values(r[-1] for r in rv)
+    inner = _ordered_values(r[:-1] for r in rv)
+    at = {r: i for i, r in enumerate(rv)}
+    fig, axes = plt.subplots(1, len(panels), sharey=True, squeeze=False,
+                             figsize=(1.6 + (0.9 + 0.5 * len(cv)) * len(panels),
+                                      1.8 + 0.3 * len(inner)))
+    for ax, p in zip(axes[0], panels):
+        grid = [[mean[at[r + (p,)]][j] if r + (p,) in at else float("nan")
+                 for j in range(len(cv))] for r in inner]
+        im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        ax.set_xticks(range(len(cv)), [label(cols, c) for c in cv], rotation=35, ha="right",
+                      fontsize=8)
+        ax.set_yticks(range(len(inner)), [label(rows[:-1], r) for r in inner], fontsize=8)
+        ax.set_title(label(rows[-1:], (p,)), fontsize=9)
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if v < 60 else "black")
+    fig.colorbar(im, ax=list(axes[0]), label=what, shrink=0.9)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _ordered_values(values) -> list:
+    out: list = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
 
 
 def plot_worst(path: str, panels: dict, rows, cols, frows, fcols, over, title: str,

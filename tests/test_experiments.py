@@ -404,3 +404,17 @@ def test_a_published_grid_restores_and_continues(tmp_path, capsys):
     assert capsys.readouterr().out.count("skipped") == 4
     assert archive.restore(published, str(tmp_path / "b"))[1:] == (0, 4)  # nothing overwritten
     assert archive.main(["restore", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_tall_heat_map_is_split_into_panels_by_its_last_row_key(tmp_path):
+    logs = [runlogs.RunLog(f"r{i}{p}{a}", {"agg": f"rule{i}", "pre": p, "attack": a, "seed": 0},
+                           {"final_test_accuracy": float(i)}, [])
+            for i in range(15) for p in ("none", "nnm") for a in ("alie", "ipm")]
+    heat = tmp_path / "heat.png"
+    assert figures.plot_grid(str(heat), str(tmp_path / "bars.png"), logs, ("agg", "pre"),
+                             ("attack",), "t") == str(heat)
+    from PIL import Image
+
+    with Image.open(heat) as im:  # two panels of 15 rules side by side: taller than wide
+        w, h = im.size
+    assert 30 > figures.MAX_HEAT_ROWS and h > 0.5 * w, (w, h)
