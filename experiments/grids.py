@@ -346,6 +346,16 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         Layout(rows=("agg", "pre"), cols=("attack", "partition", "num_byzantine"),
                facet_cols=("agg", "attack")), metric=LAST5),
     Experiment(
+        "cclip_tau", "CClip's radius at beta = 0.9: T-C's CClip row (no pre-aggregator) for tau "
+        "in {1, 3, 10, 30, 100}, the paper's 10 in the middle",
+        "Worker momentum 0.9 plus CClip stays near the no-attack accuracy under every attack "
+        "(T-C's last row), at the clipping radius where it holds on this model.",
+        lambda size: {**_attacks_base(size), "agg": "cclip", "momentum": 0.9},
+        lambda size: product(cclip_tau=[1.0, 3.0, 10.0, 30.0, 100.0], attack=ATTACKS),
+        Layout(rows=("cclip_tau",), cols=("attack",), facet_cols=("attack",), worst=True),
+        seeds=(1, 1, 1), sizes=(FMNIST, FULL), metric=LAST5,
+        implied=lambda cell, size: _attacks_implied({**cell, "momentum": 0.9}, size)),
+    Experiment(
         "cclip_n53", "T-D: CClip under IPM, n = 53, non-iid: f = 5 with s in {1, 2, 5}, s = 2 "
         "with f in {1, 6, 12}, beta 0 and 0.9",
         "Bucketing helps CClip as long as s f stays below about n/2: with f = 12, s = 5 more than "

@@ -97,9 +97,14 @@ def _cclip_n53(cell: dict[str, Any]) -> float | None:
                     _bucket_size(cell.get("pre"))))
 
 
+def _cclip_tau(cell: dict[str, Any]) -> float | None:
+    """T-C's CClip row at the paper's radius tau = 10 (no number for the others)."""
+    return _attacks(cell) if cell.get("cclip_tau") == 10.0 else None
+
+
 #: experiment name -> (cell config -> the paper's number or None)
 PAPER = {"noattack": _noattack, "mimic": _mimic, "attacks": _attacks, "attacks_cnn": _attacks,
-         "cclip_n53": _cclip_n53}
+         "cclip_n53": _cclip_n53, "cclip_tau": _cclip_tau}
 
 BYZFL_SOURCE = ("ByzFL's benchmark heat maps (LPD-EPFL/byzfl at 69bd1ac, docs/_static/"
                 "plots_example/TM_test_heatmap.png, GM_test_heatmap.png): MNIST, its CNN, 10 "
