@@ -147,3 +147,16 @@ def test_help_list_and_flag_errors_answer_before_torch_loads(tmp_path):
     r = run_python("-X", "importtime", "MPI_main.py", "--help", env=env)
     assert r.returncode == 0 and r.stdout.startswith("usage: MPI_main.py")
     assert not _torch_imported(r.stderr)
+
+
+@pytest.mark.slow
+def test_a_damaged_catalog_falls_back_to_the_full_parser_and_is_replaced(tmp_path):
+    env = {"BYZROBUST_CACHE": str(tmp_path)}
+    assert run_python("main.py", "--help", env=env).returncode == 0  # writes the catalog
+    (path,) = tmp_path.glob("cli-main_py-*.json")
+    for damage in ('{"parser": {"prog": "main.py"}}', "[1, 2]", "not json"):
+        path.write_text(damage)
+        r = run_python("-X", "importtime", "main.py", "--help", env=env)
+        assert r.returncode == 0 and r.stdout.startswith("usage: main.py"), r.stderr[-500:]
+        assert _torch_imported(r.stderr) and "Traceback" not in r.stderr
+        assert '"groups"' in path.read_text()  # the full path wrote a good one back

@@ -128,7 +128,7 @@ def save_catalog(parser: argparse.ArgumentParser, listing: str, names: dict[str,
     writable (the full path still answers)."""
     data = json.dumps({"parser": describe(parser), "list": listing, "names": names})
     for path in _paths(parser.prog):
-        if path.exists():
+        if path.exists() and _readable(path):
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +139,15 @@ def save_catalog(parser: argparse.ArgumentParser, listing: str, names: dict[str,
             return
         except OSError:
             continue
+
+
+def _readable(path: Path) -> bool:
+    """Whether ``path`` holds a catalog whose parser rebuilds (a damaged one is replaced)."""
+    try:
+        rebuild(json.loads(path.read_text())["parser"])
+        return True
+    except (OSError, TypeError, KeyError, ValueError, argparse.ArgumentError):
+        return False
 
 
 def load_catalog(prog: str) -> dict[str, Any] | None:
@@ -163,9 +172,11 @@ def answer_without_torch(argv: Sequence[str], prog: str, quiet: bool = False) ->
     if any(a.split("=", 1)[0] in _FULL_PATH for a in argv):
         return
     cat = load_catalog(prog)
-    if cat is None:
-        return
-    parser = rebuild(cat["parser"])
+    try:
+        parser = rebuild(cat["parser"])
+        listing, names = str(cat["list"]), {k: list(cat["names"][k]) for k in ("rule", "attack")}
+    except (TypeError, KeyError, ValueError, argparse.ArgumentError):
+        return  # no catalog, or a damaged one: the full path answers (and writes a new one)
     out = open(os.devnull, "w") if quiet else sys.stdout
     try:
         if any(a in ("-h", "--help") for a in argv):
@@ -173,12 +184,12 @@ def answer_without_torch(argv: Sequence[str], prog: str, quiet: bool = False) ->
             raise SystemExit(0)
         ns = parser.parse_args(argv)
         if ns.list:
-            print(cat["list"], file=out)
+            print(listing, file=out)
             raise SystemExit(0)
         for kind, dest in (("rule", "agg"), ("attack", "attack")):
             value = str(getattr(ns, dest)).strip().lower()
-            if value not in cat["names"][kind]:
-                raise unknown_name(kind, getattr(ns, dest), cat["names"][kind])
+            if value not in names[kind]:
+                raise unknown_name(kind, getattr(ns, dest), names[kind])
     except ConfigError as e:
         if not quiet:
             print(f"error: {e}", file=sys.stderr)
