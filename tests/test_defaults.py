@@ -142,6 +142,10 @@ def test_help_list_and_flag_errors_answer_before_torch_loads(tmp_path):
     # a command line that parses goes on to the full path (which then runs or checks it)
     r = run_python("-X", "importtime", "main.py", "-n", "3", "-f", "1", "--agg", "krum", env=env)
     assert r.returncode == 2 and "krum needs n >= 2f+3" in r.stderr and _torch_imported(r.stderr)
+    # a plugin (or a config file), even abbreviated, takes the full path: it may add names
+    r = run_python("-X", "importtime", "main.py", "--plug", "examples.my_rule", "--agg", "my_rule",
+                   "--rounds", "x", env=env)
+    assert r.returncode == 2 and "invalid int value: 'x'" in r.stderr and _torch_imported(r.stderr)
     # MPI_main.py keeps its own catalog (its prog name is in the usage line)
     run_python("MPI_main.py", "--help", env=env)
     r = run_python("-X", "importtime", "MPI_main.py", "--help", env=env)

@@ -169,7 +169,8 @@ def answer_without_torch(argv: Sequence[str], prog: str, quiet: bool = False) ->
     plugin, a config file, a resume, or a command line that parses). ``quiet``: exit with the
     same code without printing (MPI ranks other than 0)."""
     argv = list(argv)
-    if any(a.split("=", 1)[0] in _FULL_PATH for a in argv):
+    flags = [a.split("=", 1)[0] for a in argv if a.startswith("--") and len(a) > 2]
+    if any(full.startswith(f) for f in flags for full in _FULL_PATH):  # abbreviations too
         return
     cat = load_catalog(prog)
     try:
