@@ -31,6 +31,7 @@ from common.run.io import read_json
 from experiments import report, runlogs
 from experiments.grids import ALL, DIGITS, FMNIST, FULL, SIZES, Experiment, Run, get, menu
 from main import main as main_py
+from master.trainer import EXIT_INTERRUPTED
 
 
 def _same_config(out_dir: str, argv: list[str]) -> bool:
@@ -53,6 +54,11 @@ def _same_config(out_dir: str, argv: list[str]) -> bool:
                if k not in ("progress", "output"))
 
 
+class GridInterrupted(Exception):
+    """A run stopped by SIGTERM/SIGINT (its checkpoint kept): the grid stops with it. An
+    Exception, not SystemExit, so that it also travels back from a pool worker."""
+
+
 def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str, float]:
     """Run one configuration: (name, status ok|skipped|failed, seconds, message, CPU seconds of
     this process during the run)."""
@@ -68,6 +74,8 @@ def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str, flo
         acc = summary["final_test_accuracy"]
         status, msg = "ok", f"final {acc:.2f}%"
     except SystemExit as e:  # main's ConfigError handler exits with code 2 after printing
+        if e.code == EXIT_INTERRUPTED:  # SIGTERM/Ctrl-C stops the grid, not only this run
+            raise GridInterrupted(name) from None
         status, msg = "failed", f"exit code {e.code}"
     except Exception as e:  # one broken configuration must not stop the grid
         status, msg = "failed", f"{type(e).__name__}: {e}"
@@ -206,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # `all` keeps going past an experiment whose feature is not available.
             print(f"error: {e}", file=sys.stderr)
             status = 2
+        except GridInterrupted as e:
+            print(f"stopped by a signal during {e}; the same command continues the grid",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
     return status
 
 

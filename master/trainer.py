@@ -31,6 +31,9 @@ from master.messages import sanitize
 from master.server import Server
 from master.transport import Transport
 
+# The exit code of a run that a signal stopped (its checkpoint saved), as a shell's 128 + SIGINT.
+EXIT_INTERRUPTED = 130
+
 
 class Interrupted(Exception):
     """Raised at a round boundary after SIGTERM/SIGINT (or at once on a second signal)."""
@@ -212,7 +215,7 @@ class Trainer:
                     f"during round {t}; the last saved checkpoint is kept")
             print(f"\ninterrupted ({type(interrupted).__name__} {interrupted}) {what}. "
                   f"Continue with: --resume {self.out_dir}", flush=True)
-            raise SystemExit(130)
+            raise SystemExit(EXIT_INTERRUPTED)
         execution = self.transport.describe()
         summary = {
             "final_test_accuracy": self.last_eval.get("test_accuracy"),

@@ -418,3 +418,20 @@ def test_a_tall_heat_map_is_split_into_panels_by_its_last_row_key(tmp_path):
     with Image.open(heat) as im:  # two panels of 15 rules side by side: taller than wide
         w, h = im.size
     assert 30 > figures.MAX_HEAT_ROWS and h > 0.5 * w, (w, h)
+
+
+def test_a_signal_stops_the_grid_not_only_the_run(tmp_path, monkeypatch, capsys):
+    # A run stopped by SIGTERM/Ctrl-C exits 130 from main; the runner must stop there instead
+    # of counting it as one failed configuration and starting the next (found when a SIGTERM
+    # to `bash run.sh` only moved the grid on to its next run).
+    calls = []
+
+    def interrupted(argv):
+        calls.append(argv)
+        raise SystemExit(130)
+
+    monkeypatch.setattr(runner, "main_py", interrupted)
+    assert runner.main(["smoke", "--size", "digits", "--rounds", "2",
+                        "--out", str(tmp_path)]) == 130
+    assert len(calls) == 1
+    assert "stopped by a signal" in capsys.readouterr().err
