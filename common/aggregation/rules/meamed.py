@@ -24,8 +24,10 @@ def meamed(x: Tensor, f: int, compiled: bool = False) -> Tensor:
     the two middle values for even n), the mean of the ``n - f`` values nearest ``m_k`` (ties in
     distance: the smaller value first). Parameters: x -- (n, d); f -- Byzantine rows assumed;
     ``compiled``: see :mod:`common.aggregation.sortnet`.
-    Precondition: ``0 <= f`` and ``n > 2f``; the output then lies inside the honest values'
-    range per coordinate. Reference: Xie, Koyejo, Gupta 2018 (ByzFL's ``Meamed`` takes the
+    Precondition: ``0 <= f`` and ``n > 2f``; then ``m_k`` lies inside the honest values' range
+    and the output within ``R_k`` of it, ``R_k`` the largest distance of an honest value from
+    ``m_k`` (not inside the honest range: a hostile value near the median can be averaged in).
+    Reference: Xie, Koyejo, Gupta 2018 (ByzFL's ``Meamed`` takes the
     lower middle value as the median for even n: the two agree for odd n).
     """
     check_matrix(x)
