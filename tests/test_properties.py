@@ -300,6 +300,13 @@ def honest_range(x: torch.Tensor, honest: torch.Tensor):
     return h.min(0).values, h.max(0).values
 
 
+def within(out: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, hi: torch.Tensor) -> bool:
+    """lower <= out <= upper per coordinate, up to float32 rounding on the scale of hi."""
+    slack = 1e-5 * (1.0 + hi.abs().max())
+    o = out.double()
+    return bool(((o >= lower - slack) & (o <= upper + slack)).all())
+
+
 @SETTINGS
 @given(case=cases(names=["cm", "nmedian", "trmean"]))
 def test_median_and_trimmed_mean_inside_honest_range(case):
@@ -307,8 +314,7 @@ def test_median_and_trimmed_mean_inside_honest_range(case):
     x, honest = scenario(n, f, d, kind, seed, scale)
     out, _ = pipeline(name, x, honest, f)
     lo, hi = honest_range(x, honest)  # x after sanitize: a NaN/Inf row is now a zero row
-    slack = 1e-5 * (1.0 + hi.abs().max())
-    assert bool(((out.double() >= lo - slack) & (out.double() <= hi + slack)).all()), name
+    assert within(out, lo, hi, hi), name
 
 
 @SETTINGS
@@ -326,10 +332,8 @@ def test_meamed_within_the_honest_spread_around_the_median(case):
     k = kept.shape[0]
     m = kept.sort(dim=0).values[(k - 1) // 2:k // 2 + 1].mean(dim=0)
     r = (x[honest].double() - m).abs().max(dim=0).values
-    slack = 1e-5 * (1.0 + hi.abs().max())
-    o = out.double()
-    assert bool(((m >= lo - slack) & (m <= hi + slack)).all())
-    assert bool(((o >= m - r - slack) & (o <= m + r + slack)).all())
+    assert within(m, lo, hi, hi)
+    assert within(out, m - r, m + r, hi)
 
 
 def test_meamed_can_leave_the_strict_honest_range():
@@ -354,9 +358,7 @@ def test_bulyan_within_widened_honest_range(case):
     out, _ = pipeline(name, x, honest, f)
     lo, hi = honest_range(x, honest)
     w = hi - lo
-    slack = 1e-5 * (1.0 + hi.abs().max())
-    o = out.double()
-    assert bool(((o >= lo - w - slack) & (o <= hi + w + slack)).all())
+    assert within(out, lo - w, hi + w, hi)
 
 
 def test_bulyan_can_leave_the_strict_honest_range():
