@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -30,21 +29,23 @@ from common.run.flags import parse_args
 from common.run.io import read_json
 from experiments import report, runlogs
 from experiments.grids import ALL, DIGITS, FMNIST, FULL, SIZES, Experiment, Run, get, menu
+from experiments.parallel import run_parallel
 from main import main as main_py
 from master.trainer import EXIT_INTERRUPTED
 
 
-def _same_config(out_dir: str, argv: list[str]) -> bool:
-    """True if ``out_dir`` holds a finished run of exactly this command line."""
-    path = os.path.join(out_dir, "summary.json")
+def _same_config(path: str, argv: list[str]) -> bool:
+    """True if the JSON file ``path`` (a run's ``config.json``, or its ``summary.json``, which
+    holds it under ``config``) records exactly this command line's configuration."""
     if not os.path.exists(path):
         return False
     try:
+        saved = read_json(path)
         # A field added to Config after the run finished counts as its default, and an earlier
         # version's flat parameters are read into their sections.
-        done_cfg = Config.from_dict(read_json(path)["config"])
+        done_cfg = Config.from_dict(saved["config"] if path.endswith("summary.json") else saved)
         validate(done_cfg)
-    except (OSError, ValueError, KeyError):   # ConfigError is a ValueError
+    except (OSError, ValueError, KeyError, TypeError):   # ConfigError is a ValueError
         return False
     done = done_cfg.to_dict()
     cfg, _ = parse_args(argv)
@@ -66,13 +67,19 @@ def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str, flo
     out_dir = argv[argv.index("--output") + 1]
     t0, c0 = time.time(), time.process_time()
     try:
-        if not force and _same_config(out_dir, argv):
+        if not force and _same_config(os.path.join(out_dir, "summary.json"), argv):
             return name, "skipped", 0.0, "already done", 0.0
-        # A cell not done with this exact command line is rerun from scratch: its directory's
-        # old files go first (an interrupted rerun must not leave the old summary by new logs).
-        summary = main_py([*argv, "--overwrite"])
+        summary, how = None, ""
+        if not force and os.path.exists(os.path.join(out_dir, "checkpoint.pt")) and \
+                _same_config(os.path.join(out_dir, "config.json"), argv):
+            summary = _resume(out_dir)   # this very cell, stopped before its end
+            how = " (resumed from its checkpoint)" if summary is not None else ""
+        if summary is None:
+            # Any other cell is rerun from scratch: its directory's old files go first (an
+            # interrupted rerun must not leave the old summary by new logs).
+            summary = main_py([*argv, "--overwrite"])
         acc = summary["final_test_accuracy"]
-        status, msg = "ok", f"final {acc:.2f}%"
+        status, msg = "ok", f"final {acc:.2f}%{how}"
     except SystemExit as e:  # main's ConfigError handler exits with code 2 after printing
         if e.code == EXIT_INTERRUPTED:  # SIGTERM/Ctrl-C stops the grid, not only this run
             raise GridInterrupted(name) from None
@@ -80,6 +87,18 @@ def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str, flo
     except Exception as e:  # one broken configuration must not stop the grid
         status, msg = "failed", f"{type(e).__name__}: {e}"
     return name, status, time.time() - t0, msg, time.process_time() - c0
+
+
+def _resume(out_dir: str) -> dict | None:
+    """Continue the stopped run in ``out_dir`` from its checkpoint; None when the checkpoint
+    cannot be resumed (main has said why), so that the caller reruns the cell."""
+    try:
+        return main_py(["--resume", out_dir])
+    except SystemExit as e:
+        if e.code == EXIT_INTERRUPTED:
+            raise
+        print(f"{out_dir}: not resumable; running it again from the start", flush=True)
+        return None
 
 
 def check(exp: Experiment, runs: list[Run], out_root: str) -> None:
@@ -117,29 +136,25 @@ def run_experiment(exp: Experiment, *, size: str = DIGITS, jobs: int = 1, seeds:
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"== {exp.name} ({size}): {len(runs)} runs, {jobs} in parallel -> {exp_dir}")
     t0 = time.time()
-    failed = []
+    failed, finished = [], []
+
+    def record(result: tuple[str, str, float, str, float]) -> None:
+        name, status, secs, msg, cpu = result
+        finished.append(name)
+        say(f"[{len(finished)}/{len(runs)}] {status:<7} {secs:6.1f}s  {name}  {msg}")
+        if status == "failed":
+            failed.append((name, msg))
+        elif status == "ok":
+            runlogs.log_cpu(exp_dir, name, cpu, secs)
+
     if jobs <= 1:
-        results = map(run_one, jobs_)
-        pool = None
+        for job in jobs_:
+            record(run_one(job))
     else:
-        # spawn: never fork a process that may already hold torch's thread pools.
-        pool = mp.get_context("spawn").Pool(jobs, maxtasksperchild=None)
-        results = pool.imap_unordered(run_one, jobs_)
-    try:
-        for i, (name, status, secs, msg, cpu) in enumerate(results, 1):
-            say(f"[{i}/{len(runs)}] {status:<7} {secs:6.1f}s  {name}  {msg}")
-            if status == "failed":
-                failed.append((name, msg))
-            elif status == "ok":
-                runlogs.log_cpu(exp_dir, name, cpu, secs)
-    except BaseException:
-        if pool is not None:  # Ctrl-C: stop the workers now instead of draining the queue
-            pool.terminate()
-        raise
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+        try:
+            run_parallel(run_one, jobs_, jobs, record)
+        except KeyboardInterrupt:  # the workers' runs have checkpointed and stopped
+            raise GridInterrupted(exp.name) from None
     report.write_report(exp_dir, quiet=quiet)
     say(f"== {exp.name}: done in {time.time() - t0:.0f}s; {len(failed)} failed; "
         f"report in {exp_dir}/report.md")
