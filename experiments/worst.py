@@ -140,8 +140,10 @@ def _headline(runs, rows, cols, frows, fcols, over, metric) -> list[str]:
         w = cells[best]
         out.append(f"- best worst case, {label(frows, fv)}: {label(keys, best[:len(keys)])} "
                    f"{w.value:.1f} % (worst: {_by(h_over, w)})")
-    # Which attack gives each rule's worst case, counted over every cell the rule ran.
-    every = worst_cells(runs, [k for k in rows + cols + frows + fcols], over, metric)
+    # Which attack gives each rule's worst case, counted over every cell the rule ran under
+    # attack (a no-attack reference cell, e.g. f = 0, has nothing to count).
+    attacked = [r for r in runs if r.config.get("attack", "none") != "none"]
+    every = worst_cells(attacked, [k for k in rows + cols + frows + fcols], over, metric)
     counts: dict[Any, Counter] = defaultdict(Counter)
     for g, w in every.items():
         counts[g[0]].update(label(over, o) for o in w.by)

@@ -512,3 +512,23 @@ def _proc_state(pid: int, what: str = "status") -> str:
             return fh.read().lower()
     except OSError:
         return "zombie"
+
+
+def test_no_attack_reference_cells_do_not_count_as_a_rules_worst_attack(tmp_path):
+    # Found in the published worstcase_byzfl report: "worst attack most often, trmean: ...,
+    # none (2 of 10)" counted the f = 0 reference runs as cells the rule lost to no attack.
+    from experiments import report
+
+    exp = grids.get("worstcase_byzfl")
+    flags = {k: v for k, v in exp.runs("fmnist")[0].flags.items()
+             if k not in ("partition", "agg", "num_byzantine", "attack")}
+    exp_dir = tmp_path / "worstcase_byzfl"
+    finals = {(0, "none"): 85, (1, "ipm"): 80, (1, "opt-ipm"): 70, (2, "ipm"): 60,
+              (2, "opt-ipm"): 65}
+    for agg in ("trmean", "rfa"):
+        for (f, attack), acc in finals.items():
+            cell = dict(partition="iid", agg=agg, num_byzantine=f, attack=attack)
+            _write_run(exp_dir, cell, 0, [acc], {**flags, "num_workers": 10 + f})
+    report.write_report(str(exp_dir), quiet=True)
+    md = (exp_dir / "report.md").read_text()
+    assert "- worst attack most often, trmean: opt-ipm (1 of 2), ipm (1 of 2)" in md, md
