@@ -73,8 +73,8 @@ def run_parallel(fn: Callable[[Any], Any], items: Sequence, jobs: int,
         _stop(procs, grace=0.0)
         raise
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, old)
+        if main_thread:  # None: a handler not installed from Python, which cannot be put back
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
         for p in procs:
             p.join()
 
