@@ -26,7 +26,7 @@ from common.data.datasets import fashionmnist_installed
 from common.errors import ConfigError, unknown_name
 from common.run.config import Config, validate
 from common.run.flags import parse_args
-from common.run.io import read_json
+from common.run.io import load_torch, read_json
 from experiments import report, runlogs
 from experiments.grids import ALL, DIGITS, FMNIST, FULL, SIZES, Experiment, Run, get, menu
 from experiments.parallel import run_parallel
@@ -62,17 +62,20 @@ class GridInterrupted(Exception):
 
 def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str, float]:
     """Run one configuration: (name, status ok|skipped|failed, seconds, message, CPU seconds of
-    this process during the run)."""
+    this process during the run, plus those of the sessions before a resume)."""
     name, argv, force = job
     out_dir = argv[argv.index("--output") + 1]
     t0, c0 = time.time(), time.process_time()
+    earlier = 0.0  # CPU seconds of a resumed run's earlier sessions
     try:
         if not force and _same_config(os.path.join(out_dir, "summary.json"), argv):
             return name, "skipped", 0.0, "already done", 0.0
         summary, how = None, ""
         if not force and os.path.exists(os.path.join(out_dir, "checkpoint.pt")) and \
                 _same_config(os.path.join(out_dir, "config.json"), argv):
+            earlier = _earlier_cpu(out_dir)
             summary = _resume(out_dir)   # this very cell, stopped before its end
+            earlier = earlier if summary is not None else 0.0
             how = " (resumed from its checkpoint)" if summary is not None else ""
         if summary is None:
             # Any other cell is rerun from scratch: its directory's old files go first (an
@@ -86,7 +89,16 @@ def run_one(job: tuple[str, list[str], bool]) -> tuple[str, str, float, str, flo
         status, msg = "failed", f"exit code {e.code}"
     except Exception as e:  # one broken configuration must not stop the grid
         status, msg = "failed", f"{type(e).__name__}: {e}"
-    return name, status, time.time() - t0, msg, time.process_time() - c0
+    return name, status, time.time() - t0, msg, earlier + time.process_time() - c0
+
+
+def _earlier_cpu(out_dir: str) -> float:
+    """The CPU seconds a stopped run's checkpoint has counted (0 when it does not say)."""
+    try:
+        ck = load_torch(os.path.join(out_dir, "checkpoint.pt"), mmap=True)  # no tensor is read
+        return float(ck.get("cpu_seconds", 0.0))
+    except Exception:  # noqa: BLE001 -- an unreadable checkpoint: _resume says so and reruns
+        return 0.0
 
 
 def _resume(out_dir: str) -> dict | None:

@@ -75,18 +75,28 @@ class Trainer:
         self.best_acc = -math.inf
         self.last_eval: dict = {}
         self.wall_before = 0.0
+        self.cpu_before = 0.0  # this process's CPU seconds in the run's earlier sessions
+        self._clock = (time.time(), time.process_time())
         # Round of the checkpoint.pt this run wrote last or resumed from; None before either (a
         # checkpoint.pt an earlier run left in the directory is never read for worker state).
         self.saved_round: int | None = None
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def checkpoint(self, next_round: int, wall: float) -> None:
+    def elapsed(self) -> tuple[float, float]:
+        """(wall, CPU) seconds of the run so far, earlier sessions (before a resume) included;
+        CPU is this process's, all its threads."""
+        t0, c0 = self._clock
+        return (self.wall_before + time.time() - t0,
+                self.cpu_before + time.process_time() - c0)
+
+    def checkpoint(self, next_round: int) -> None:
         path = os.path.join(self.out_dir, CHECKPOINT)
         workers = self.transport.state_dict()
         missing = workers.pop("missing", None)
         if missing:
             self._keep_previous_state(path, workers, sorted(missing), next_round)
         server = self.server.state_dict()
+        wall, cpu = self.elapsed()
         state = {
             "round": next_round,
             "server": server,
@@ -95,6 +105,7 @@ class Trainer:
             "best_acc": self.best_acc,
             "last_eval": self.last_eval,
             "wall_seconds": wall,
+            "cpu_seconds": cpu,
             "fingerprint": {"config": fingerprint(self.cfg.to_dict()),
                             "shapes": tensor_shapes({"server": server, "workers": workers})},
         }
@@ -149,6 +160,7 @@ class Trainer:
         self.best_acc = float(ck["best_acc"])
         self.last_eval = dict(ck["last_eval"])
         self.wall_before = float(ck["wall_seconds"])
+        self.cpu_before = float(ck.get("cpu_seconds", 0.0))  # absent before 2026-12-07
 
     def _shapes_needed(self) -> dict[str, list[int]]:
         """The shape of every server and per-worker tensor this run keeps."""
@@ -174,7 +186,7 @@ class Trainer:
         stop = _StopRequest()
         old_handlers = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, stop)
         consistent = True  # False while a round is in flight
-        t0 = time.time()
+        self._clock = (time.time(), time.process_time())
         t = self.start_round
         bar = tqdm(total=cfg.rounds, initial=t, disable=not cfg.progress, desc="rounds",
                    dynamic_ncols=True, leave=False)
@@ -196,13 +208,13 @@ class Trainer:
                 if "test_accuracy" in record:
                     bar.set_postfix(acc=f"{record['test_accuracy']:.1f}")
                 if t % cfg.checkpoint_every == 0 and t < cfg.rounds:
-                    self.checkpoint(t, self.wall_before + time.time() - t0)
-            wall = self.wall_before + time.time() - t0
-            self.checkpoint(t, wall)
+                    self.checkpoint(t)
+            self.checkpoint(t)
+            wall, cpu = self.elapsed()
         except (KeyboardInterrupt, Interrupted) as e:
             interrupted = e
             if consistent:
-                self.checkpoint(t, self.wall_before + time.time() - t0)
+                self.checkpoint(t)
         finally:
             bar.close()
             log.close()
@@ -223,6 +235,7 @@ class Trainer:
             "best_test_accuracy": self.best_acc,
             "rounds": t,
             "wall_seconds": wall,
+            "cpu_seconds": cpu,
             "num_workers": cfg.num_workers,
             "num_byzantine": cfg.num_byzantine,
             "execution": execution,

@@ -55,8 +55,9 @@ def test_outputs_and_krum_selection_every_round(tmp_path):
         assert os.path.isfile(os.path.join(out, name)), name
     summary = read_json(os.path.join(out, "summary.json"))
     for key in ("final_test_accuracy", "best_test_accuracy", "rounds", "wall_seconds",
-                "num_workers", "num_byzantine", "config"):
+                "cpu_seconds", "num_workers", "num_byzantine", "config"):
         assert key in summary, key
+    assert 0 < summary["cpu_seconds"]
     assert (summary["rounds"], summary["num_workers"], summary["num_byzantine"]) == (6, 10, 2)
     assert summary["config"]["agg"] == "krum"
     assert summary["best_test_accuracy"] >= summary["final_test_accuracy"]

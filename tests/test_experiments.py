@@ -452,6 +452,7 @@ def test_a_stopped_cell_is_resumed_from_its_checkpoint_not_rerun(tmp_path, capsy
     cells = sorted(d for d in os.listdir(exp_dir) if os.path.isdir(os.path.join(exp_dir, d)))
     stopped, broken = (os.path.join(exp_dir, c) for c in cells[:2])
     metrics = open(os.path.join(stopped, "metrics.jsonl")).read()
+    first_cpu = read_json(os.path.join(stopped, "summary.json"))["cpu_seconds"]
     for d in (stopped, broken):
         os.remove(os.path.join(d, "summary.json"))
     with open(os.path.join(broken, "checkpoint.pt"), "wb") as fh:
@@ -465,6 +466,10 @@ def test_a_stopped_cell_is_resumed_from_its_checkpoint_not_rerun(tmp_path, capsy
     assert open(os.path.join(stopped, "metrics.jsonl")).read() == metrics  # not trained again
     for d in (stopped, broken):
         assert read_json(os.path.join(d, "summary.json"))["rounds"] == 3
+    # the resumed cell's CPU time counts its first session too (the checkpoint's count)
+    resumed = read_json(os.path.join(stopped, "summary.json"))["cpu_seconds"]
+    assert resumed >= first_cpu > 0
+    assert runlogs.cpu_seconds(exp_dir)[cells[0]] >= first_cpu
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs POSIX signals")
