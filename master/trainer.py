@@ -89,14 +89,16 @@ class Trainer:
         return (self.wall_before + time.time() - t0,
                 self.cpu_before + time.process_time() - c0)
 
-    def checkpoint(self, next_round: int) -> None:
+    def checkpoint(self, next_round: int, clock: tuple[float, float] | None = None) -> None:
+        """Save the run's state before round ``next_round``; ``clock``: the (wall, CPU) seconds
+        to record (default :meth:`elapsed` now; the end of a run passes its summary's)."""
         path = os.path.join(self.out_dir, CHECKPOINT)
         workers = self.transport.state_dict()
         missing = workers.pop("missing", None)
         if missing:
             self._keep_previous_state(path, workers, sorted(missing), next_round)
         server = self.server.state_dict()
-        wall, cpu = self.elapsed()
+        wall, cpu = self.elapsed() if clock is None else clock
         state = {
             "round": next_round,
             "server": server,
@@ -209,8 +211,8 @@ class Trainer:
                     bar.set_postfix(acc=f"{record['test_accuracy']:.1f}")
                 if t % cfg.checkpoint_every == 0 and t < cfg.rounds:
                     self.checkpoint(t)
-            self.checkpoint(t)
             wall, cpu = self.elapsed()
+            self.checkpoint(t, (wall, cpu))
         except (KeyboardInterrupt, Interrupted) as e:
             interrupted = e
             if consistent:
