@@ -25,7 +25,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from common.aggregation import rules as R
@@ -108,14 +108,20 @@ def cases(draw, names=ALL_RULES, kinds=HOSTILE, max_f=3):
 # ------------------------------------------------------------------------------------------
 
 def pipeline(name: str, x: torch.Tensor, honest: torch.Tensor, f: int,
-             pre: str = "none", seed: int = 0) -> tuple[torch.Tensor, dict]:
-    """sanitize -> drop -> chain -> rule, as Trainer.round and Server.aggregate run them."""
+             pre: str = "none", seed: int = 0,
+             may_skip: bool = False) -> tuple[torch.Tensor | None, dict]:
+    """sanitize -> drop -> chain -> rule, as Trainer.round and Server.aggregate run them.
+    ``may_skip``: the round may be skipped (None) when dropping the unusable rows leaves too
+    few for the chain, the server's documented answer; any other skip fails."""
     n = x.shape[0]
     faults = sanitize(x, [OK] * n)
     chain = make_chain(pre, n, f)
     rule = R.make_rule(name, chain.out_count(n), f, **trusted(name, honest))
     out, info = aggregate_usable(chain, rule, x, honest, f, sorted(faults),
                                  torch.Generator().manual_seed(seed))
+    if out is None and may_skip:
+        assert faults and "unusable messages dropped" in info["skipped"], info
+        return None, faults
     assert out is not None, info
     return out, faults
 
@@ -160,6 +166,8 @@ def test_nonfinite_rows_are_dropped_not_zeroed(case, pre):
 @SETTINGS
 @given(case=cases(names=[r for r in ALL_RULES if r not in ("oracle",)]),
        pre=st.sampled_from(["bucketing:2", "nnm", "resampling:2", "bucketing:2,nnm"]))
+# found by hypothesis: n = 2 with one NaN row leaves 1 message, too few for resampling:2
+@example(case=("mean", 2, 1, 1, "nan", 0, 0.001), pre="resampling:2")
 def test_rule_after_preaggregation_finite(case, pre):
     name, n, f, d, kind, seed, scale = case
     try:
@@ -168,7 +176,9 @@ def test_rule_after_preaggregation_finite(case, pre):
     except ConfigError:
         assume(False)  # precondition not met after pre-aggregation: validate() rejects it
     x, honest = scenario(n, f, d, kind, seed, scale)
-    out, _ = pipeline(name, x, honest, f, pre, seed)
+    out, _ = pipeline(name, x, honest, f, pre, seed, may_skip=True)
+    if out is None:  # the round is skipped: the model does not move (asserted in pipeline)
+        return
     assert out.shape == (d,) and bool(torch.isfinite(out).all()), (name, pre, kind)
 
 
