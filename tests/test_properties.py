@@ -310,6 +310,15 @@ def honest_range(x: torch.Tensor, honest: torch.Tensor):
     return h.min(0).values, h.max(0).values
 
 
+def run_in_range(case):
+    """The case's rule through :func:`pipeline`: (x, honest, out, faults, lo, hi), [lo, hi] the
+    honest range per coordinate of x after sanitize (a NaN/Inf row is then a zero row)."""
+    name, n, f, d, kind, seed, scale = case
+    x, honest = scenario(n, f, d, kind, seed, scale)
+    out, faults = pipeline(name, x, honest, f)
+    return (x, honest, out, faults, *honest_range(x, honest))
+
+
 def within(out: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, hi: torch.Tensor) -> bool:
     """lower <= out <= upper per coordinate, up to float32 rounding on the scale of hi."""
     slack = 1e-5 * (1.0 + hi.abs().max())
@@ -320,11 +329,8 @@ def within(out: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, hi: torc
 @SETTINGS
 @given(case=cases(names=["cm", "nmedian", "trmean"]))
 def test_median_and_trimmed_mean_inside_honest_range(case):
-    name, n, f, d, kind, seed, scale = case
-    x, honest = scenario(n, f, d, kind, seed, scale)
-    out, _ = pipeline(name, x, honest, f)
-    lo, hi = honest_range(x, honest)  # x after sanitize: a NaN/Inf row is now a zero row
-    assert within(out, lo, hi, hi), name
+    _, _, out, _, lo, hi = run_in_range(case)
+    assert within(out, lo, hi, hi), case[0]
 
 
 @SETTINGS
@@ -334,11 +340,8 @@ def test_meamed_within_the_honest_spread_around_the_median(case):
     # values all lie within R = max |h - m| of m, so the n - f values nearest m do too, and so
     # does their mean: out in [m - R, m + R], a subset of [lo - w, hi + w] with w = hi - lo.
     # (Inside [lo, hi] does not hold: test_meamed_can_leave_the_strict_honest_range.)
-    name, n, f, d, kind, seed, scale = case
-    x, honest = scenario(n, f, d, kind, seed, scale)
-    out, faults = pipeline(name, x, honest, f)
-    lo, hi = honest_range(x, honest)
-    kept = x[[i for i in range(n) if i not in faults]].double()  # the rows the rule saw
+    x, honest, out, faults, lo, hi = run_in_range(case)
+    kept = x[[i for i in range(len(x)) if i not in faults]].double()  # the rows the rule saw
     k = kept.shape[0]
     m = kept.sort(dim=0).values[(k - 1) // 2:k // 2 + 1].mean(dim=0)
     r = (x[honest].double() - m).abs().max(dim=0).values
@@ -363,10 +366,7 @@ def test_bulyan_within_widened_honest_range(case):
     # outliers is all honest, so its cost max(m - r_j, r_{j+beta-1} - m) is <= hi - lo; the
     # chosen window costs no more, so its values and their mean lie in [m - w, m + w] with
     # w = hi - lo. (Strictly inside [lo, hi] does not hold: an outlier can win the window.)
-    name, n, f, d, kind, seed, scale = case
-    x, honest = scenario(n, f, d, kind, seed, scale)
-    out, _ = pipeline(name, x, honest, f)
-    lo, hi = honest_range(x, honest)
+    _, _, out, _, lo, hi = run_in_range(case)
     w = hi - lo
     assert within(out, lo - w, hi + w, hi)
 
