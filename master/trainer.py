@@ -97,6 +97,9 @@ class Trainer:
         missing = workers.pop("missing", None)
         if missing:
             self._keep_previous_state(path, workers, sorted(missing), next_round)
+        for k in self.server.protocol.transient_state(self.cfg):
+            # no round reads them before writing them: one zero, expanded (saved as one number)
+            workers[k] = workers[k].new_zeros(()).expand_as(workers[k])
         server = self.server.state_dict()
         wall, cpu = self.elapsed() if clock is None else clock
         state = {
@@ -158,7 +161,10 @@ class Trainer:
         self.start_round = self.saved_round = int(ck["round"])
         self.server.load_state_dict(ck["server"])
         self.schedule.load_state_dict(ck["schedule"])
-        self.transport.load_state_dict(ck["workers"])
+        workers = ck["workers"]
+        for k in self.server.protocol.transient_state(self.cfg):
+            workers[k] = workers[k].contiguous()   # saved as one expanded zero
+        self.transport.load_state_dict(workers)
         self.best_acc = float(ck["best_acc"])
         self.last_eval = dict(ck["last_eval"])
         self.wall_before = float(ck["wall_seconds"])

@@ -124,9 +124,10 @@ class WorkerGroup:
 
     def grads_into(self, params: Tensor, x: Tensor, y: Tensor, out: Tensor,
                     beta: float | None, ema: bool = False, own: bool = False) -> None:
-        """Row i of ``out`` (m, d) <- g_i if ``beta`` is None, else the momentum update
-        ``beta out_i + g_i`` (``ema``: ``beta out_i + (1 - beta) g_i``), written per parameter
-        straight from the autograd/vmap results: no (m, d) gradient stack and no extra pass.
+        """Row i of ``out`` (m, d) <- g_i if ``beta`` is None or 0 (``out`` is not read), else
+        the momentum update ``beta out_i + g_i`` (``ema``: ``beta out_i + (1 - beta) g_i``),
+        written per parameter straight from the autograd/vmap results: no (m, d) gradient
+        stack and no extra pass.
         The same arithmetic runs whatever the grouping, so messages stay grouping-independent.
         ``own``: ``params`` is (m, d), row i the parameters batch i's gradient is taken at (one
         ``vmap`` over the stacked parameters, or the loop; the linear path's layers are
@@ -137,7 +138,7 @@ class WorkerGroup:
                  zip(self.flat.names, self.flat.shapes, out.split(self.flat.numels, dim=1))}
 
         def update(dst: Tensor, g: Tensor) -> None:
-            if beta is None:
+            if not beta:      # None or 0: checkpoints rely on out not being read
                 dst.copy_(g)
             elif ema:
                 dst.lerp_(g, 1.0 - beta)          # beta dst + (1 - beta) g

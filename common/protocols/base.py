@@ -113,6 +113,18 @@ class Protocol:
         dtype)}. Checkpoints hold them, and MPI rank 0 sizes its buffers from this."""
         return {"momenta": ((dim,), torch.float32)}
 
+    def transient_state(self, cfg) -> frozenset[str]:
+        """Names in :meth:`state_schema` whose values no round reads before it writes them,
+        under ``cfg``: checkpoints store them as zeros (one row of storage) instead of n rows.
+        The momentum rows at beta = 0: each round overwrites them with the gradient."""
+        if self.momentum(cfg) != 0:
+            return frozenset()
+        return frozenset({"momenta"} & self.state_schema(cfg, 1).keys())
+
+    def momentum(self, cfg) -> float:
+        """The workers' momentum beta (the rows of "momenta" are ``beta m + g``)."""
+        return cfg.momentum
+
     def wire(self, cfg, dim: int):
         """The message format (:mod:`common.wire.formats`)."""
         return FloatRows(dim)

@@ -208,6 +208,9 @@ class Federated(Gradient):
     def clients(self, group) -> LocalClients:
         return LocalClients(group)
 
+    def momentum(self, cfg) -> float:
+        return local_momentum(cfg)
+
     def reserved_samples(self, cfg, n_train: int) -> Tensor | None:
         return self.inner(cfg).reserved_samples(cfg, n_train)
 
