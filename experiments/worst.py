@@ -136,10 +136,7 @@ def _headline(runs, rows, cols, frows, fcols, over, metric) -> list[str]:
         out += _table({k: w for k, (_, w) in best_of.items()}, rows, frows, h_over, None,
                       lambda k, w: f"{label(fcols, best_of[k][0])}; {_by(h_over, w)}") + [""]
     for fv in _ordered(g[len(keys):] for g in cells) if keys else ():
-        best = max((g for g in cells if g[len(keys):] == fv), key=lambda g: cells[g].value)
-        w = cells[best]
-        out.append(f"- best worst case, {label(frows, fv)}: {label(keys, best[:len(keys)])} "
-                   f"{w.value:.1f} % (worst: {_by(h_over, w)})")
+        out += _best_lines(cells, keys, frows, fv, over, h_over)
     # Which attack gives each rule's worst case, counted over every cell the rule ran under
     # attack (a no-attack reference cell, e.g. f = 0, has nothing to count).
     attacked = [r for r in runs if r.config.get("attack", "none") != "none"]
@@ -152,6 +149,26 @@ def _headline(runs, rows, cols, frows, fcols, over, metric) -> list[str]:
         top = ", ".join(f"{a} ({n} of {cells_of[rule]})" for a, n in c.most_common(3))
         out.append(f"- worst attack most often, {label(rows[:1], (rule,))}: {top}")
     return out + [""]
+
+
+def _best_lines(cells: dict[tuple, Worst], keys, frows, fv: tuple, over, h_over) -> list[str]:
+    """The defense with the best worst case in facet ``fv``. A worst case is over the attacks
+    run against the defense, so where some were not run against it (e.g. opt-* against a
+    stateful rule) a second line names the best of the defenses that faced more of them."""
+    mine = {g: w for g, w in cells.items() if g[len(keys):] == fv}
+    faced = {g: {o[:len(over)] for o in w.values} for g, w in mine.items()}
+    every = set().union(*faced.values())
+    lines, pool = [], list(mine)
+    while pool:
+        best = max(pool, key=lambda g: mine[g].value)
+        w, missing = mine[best], every - faced[best]
+        skipped = ", ".join(sorted(label(over, o) for o in missing))
+        head = (f"- best worst case, {label(frows, fv)}" if not lines
+                else "  - of the defenses that faced more of the attacks")
+        lines.append(f"{head}: {label(keys, best[:len(keys)])} {w.value:.1f} % "
+                     f"(worst: {_by(h_over, w)}" + (f"; not run: {skipped})" if missing else ")"))
+        pool = [g for g in pool if faced[g] > faced[best]]
+    return lines
 
 
 def _versus(runs, keys, over, pairs, metric) -> list[str]:

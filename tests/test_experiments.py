@@ -438,3 +438,24 @@ def test_no_attack_reference_cells_do_not_count_as_a_rules_worst_attack(tmp_path
     report.write_report(str(exp_dir), quiet=True)
     md = (exp_dir / "report.md").read_text()
     assert "- worst attack most often, trmean: opt-ipm (1 of 2), ipm (1 of 2)" in md, md
+
+
+def test_best_worst_case_names_attacks_not_run_against_it():
+    # CClip's worst case is over fewer attacks (no opt-alie: its state is the server's), so the
+    # best line says so and names the best of the defenses that faced more of the attacks
+    from experiments.worst import Worst, _best_lines
+
+    def cell(**acc):
+        vals = {(a.replace("_", "-"), 5): v for a, v in acc.items()}
+        least = min(vals.values())
+        return Worst(least, tuple(k for k, v in vals.items() if v == least), vals, {})
+
+    cells = {("cclip", "none", "iid"): cell(minsum=50.0, alie=60.0),
+             ("cm", "none", "iid"): cell(minsum=45.0, alie=50.0, opt_alie=40.0),
+             ("krum", "none", "iid"): cell(alie=30.0, opt_alie=35.0)}
+    lines = _best_lines(cells, ("agg", "pre"), ("partition",), ("iid",), ("attack",),
+                        ("attack", "num_byzantine"))
+    assert lines == ["- best worst case, iid: cclip, none 50.0 % (worst: minsum, f=5; not run: "
+                     "opt-alie)",
+                     "  - of the defenses that faced more of the attacks: cm, none 40.0 % "
+                     "(worst: opt-alie, f=5)"]
