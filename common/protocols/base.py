@@ -115,7 +115,7 @@ class Protocol:
 
     def transient_state(self, cfg) -> frozenset[str]:
         """Names in :meth:`state_schema` whose values no round reads before it writes them,
-        under ``cfg``: checkpoints store them as zeros (one row of storage) instead of n rows.
+        under ``cfg``: checkpoints store each as one zero, expanded to its (n, ...) shape.
         The momentum rows at beta = 0: each round overwrites them with the gradient."""
         if self.momentum(cfg) != 0:
             return frozenset()
