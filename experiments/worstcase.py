@@ -92,7 +92,7 @@ def skip_reason(agg: str, pre: str, n: int, f: int, attack: str) -> str | None:
         return why
     if attack in OPTIMAL and unsupported(agg):
         return (f"opt-alie and opt-ipm evaluate the rule on a worker, but {unsupported(agg)}, "
-                "which a worker does not hold")
+                "which the attack does not replicate")
     if attack == "fang" and agg not in FANG_RULES:
         return f"fang's trim attack aims at coordinate-wise rules ({', '.join(FANG_RULES)})"
     return None

@@ -77,17 +77,33 @@ def test_opt_attacks_reach_the_best_distance_of_a_fine_grid(name, pre, agg):
 
 
 def test_opt_attacks_refuse_what_a_worker_cannot_evaluate():
-    for agg in ("cclip", "clippedclustering", "fltrust"):
+    for agg in ("clippedclustering", "fltrust"):
         cfg = Config(agg=agg, attack="opt-alie", pre="none", momentum=0.0, num_workers=10,
                      num_byzantine=2)
         with pytest.raises(ConfigError, match="opt-alie evaluates the server's rule"):
             validate(cfg)
     # the reason the worst-case grids give for the cells they leave out
-    assert unsupported("cclip") == "cclip keeps state across rounds"
+    assert unsupported("clippedclustering") == "clippedclustering keeps a growing state across rounds"
+    assert unsupported("cclip") is None  # its center: the attack keeps a replica
     assert unsupported("fltrust") == "fltrust needs the fltrust protocol's server"
     assert unsupported("cm") is None and unsupported("krum") is None
     with pytest.raises(ValueError, match="needs the defense"):
         craft("opt-ipm", torch.ones(3, 2), 1)
+
+
+def test_replica_of_a_stateful_rule_follows_the_server(tmp_path):
+    # opt-alie against CClip evaluates candidates from its replica of the center; with the
+    # Byzantine rows last (the server's order) the replica is the server's center, every round
+    flags = [*FLAGS, "--agg", "cclip", "--attack", "opt-alie", "--pre", "none",
+             "--checkpoint-every", "1"]
+    for rounds in (1, 3):
+        main_mod.main([*flags, "--rounds", str(rounds), "-o", str(tmp_path / str(rounds))])
+        ck = torch.load(tmp_path / str(rounds) / "checkpoint.pt", weights_only=True)
+        server, replica = ck["server"]["rule"]["center"], ck["workers"]["attack"]["center"]
+        torch.testing.assert_close(replica, server, atol=1e-6, rtol=0)
+    with open(tmp_path / "3" / "metrics.jsonl") as fh:
+        factors = [json.loads(line)["attack"]["factor"] for line in fh if '"round"' in line]
+    assert len(factors) == 3
 
 
 # -- min-max / min-sum -------------------------------------------------------------------------
@@ -197,13 +213,16 @@ def test_runs_end_to_end_and_logs_gamma(attack, tmp_path):
 
 @pytest.mark.mpi
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec")
-@pytest.mark.parametrize("attack,pre", [("minmax", "none"), ("minsum", "none"), ("fang", "none"),
-                                        ("inf", "none"), ("opt-alie", "nnm"),
-                                        ("opt-ipm", "arc")])
-def test_under_mpi_equals_main(attack, pre, tmp_path):
+@pytest.mark.parametrize("attack,pre,agg", [("minmax", "none", "trmean"),
+                                            ("minsum", "none", "trmean"),
+                                            ("fang", "none", "trmean"), ("inf", "none", "trmean"),
+                                            ("opt-alie", "nnm", "trmean"),
+                                            ("opt-ipm", "arc", "trmean"),
+                                            ("opt-alie", "none", "cclip")])
+def test_under_mpi_equals_main(attack, pre, agg, tmp_path):
     from tests.processes import final_params, run_mpi
 
-    flags = [*FLAGS, "--agg", "trmean", "--attack", attack, "--rounds", "4", "--pre", pre]
+    flags = [*FLAGS, "--agg", agg, "--attack", attack, "--rounds", "4", "--pre", pre]
     p = run_mpi(3, *flags, "-o", str(tmp_path / "mpi"))
     assert p.returncode == 0, p.stderr[-3000:]
     main_mod.main([*flags, "-o", str(tmp_path / "main")])

@@ -290,8 +290,10 @@ def test_worst_case_tables_name_the_attack_that_gave_them(tmp_path):
     # opt-alie vs alie: 5 points lower in CM's 6 default cells, 30 and 20 in two others
     assert ("- opt-alie vs alie: below in 7 of 16 cells, above in 0. Largest: iid, none, cm, "
             "f=5: 40.0 vs 70.0; noniid, nnm, cm, f=5: 30.0 vs 50.0;") in md
-    assert ("cclip keeps state across rounds, which a worker does not hold: 96 cells "
-            "(agg cclip; attack opt-alie, opt-ipm)") in md
+    # opt-* run against CClip (the attack replicates its center): only fang's cells are left out
+    assert ("fang's trim attack aims at coordinate-wise rules (cm, trmean, meamed): 144 cells "
+            "(agg krum, rfa, cclip; attack fang)") in md
+    assert "attack opt-alie, opt-ipm)" not in md
     # 41 runs (40 cells, one of them with two seeds) of 2 s each; the runner logged two of them
     assert "CPU time of 2 of these 41 runs (the runner's cpu.csv): 5 s = 0.00 h." in md
     assert "41 runs, seeds [0, 1]; 0.02 h of run time in all" in md
@@ -342,15 +344,15 @@ def test_worstcase_grids_and_what_they_leave_out():
     from experiments.worstcase import ATTACK_SET, skip_reason
 
     exp = grids.get("worstcase")
-    # 5 rules x 4 pre-aggregators x 4 splits x 3 f x 10 attacks, less opt-* against cclip
-    # (2 x 48) and fang against the three rules it does not aim at (3 x 48)
-    assert len(exp.runs()) == 5 * 48 * 10 - 96 - 144 == len(exp.runs("digits"))
+    # 5 rules x 4 pre-aggregators x 4 splits x 3 f x 10 attacks, less fang against the three
+    # rules it does not aim at (3 x 48)
+    assert len(exp.runs()) == 5 * 48 * 10 - 144 == len(exp.runs("digits"))
     full = exp.skipped("full")
     assert len(exp.runs("full")) == 3 * (18 * 48 * 10 - len(full))
     reasons = {why for _, why in full}
     # bulyan after bucketing:2 for f = 3 and 5; monna's pivot; SMEA's C(25, 5) subsets; fang;
-    # opt-* against cclip, clippedclustering and fltrust
-    assert len(full) == 2 * 4 * 10 + 3 * 4 * 10 + 3 * 4 * 10 + (15 * 48 - 8 - 12 - 12) + 3 * 96
+    # opt-* against clippedclustering and fltrust
+    assert len(full) == 2 * 4 * 10 + 3 * 4 * 10 + 3 * 4 * 10 + (15 * 48 - 8 - 12 - 12) + 2 * 96
     assert "bulyan needs n >= 4f+3, got n=13, f=3 (the rule sees n vectors after " \
            "pre-aggregation)" in reasons
     assert skip_reason("bulyan", "bucketing:2", 25, 1, "alie") is None
@@ -361,7 +363,7 @@ def test_worstcase_grids_and_what_they_leave_out():
     assert skip_reason("smea", "bucketing:2", 25, 5, "opt-alie") is None  # C(13, 5) = 1287
     assert skip_reason("fltrust", "none", 25, 1, "opt-ipm") == (
         "opt-alie and opt-ipm evaluate the rule on a worker, but fltrust needs the fltrust "
-        "protocol's server, which a worker does not hold")
+        "protocol's server, which the attack does not replicate")
     # every precondition skip is one main.py refuses (SMEA's is for time only)
     base = exp.runs("full")[0].flags
     for cell, why in full:

@@ -46,6 +46,9 @@ CASES = {
     "signmv": ["-n", "5", "--agg", "signmv", "--pre", "none", "--attack", "reverse",
                "--redundancy", "2", "--deterministic", "False", "--batch_size", "40",
                "--server-momentum", "0.9"],
+    # opt-alie against CClip: the attacker's replica of the center (attack state)
+    "opt_alie_cclip": ["--agg", "cclip", "--pre", "none", "--attack", "opt-alie",
+                       "--opt-alie-evals", "4"],
     # Clipped Clustering's norm history (rule state)
     "clippedclustering": ["--agg", "clippedclustering", "--pre", "none", "--attack", "ipm"],
     # FLTrust: the server's g0 momentum buffer; the root set is redrawn the same on resume

@@ -236,5 +236,7 @@ def run_attack(cfg, num_classes: int) -> Attack:
     the server aggregates each round: its ``participants`` m, of which ``sampled_byzantine``
     (ceil(m f / n)) are Byzantine in proportion; n and f themselves when every worker takes
     part in every round."""
-    return make_attack(cfg.attack, cfg.participants, cfg.sampled_byzantine, num_classes,
-                       **cfg.attack_params)
+    attack = make_attack(cfg.attack, cfg.participants, cfg.sampled_byzantine, num_classes,
+                         **cfg.attack_params)
+    attack.bind(Defense(cfg.pre, cfg.agg, cfg.f, dict(cfg.agg_params)))
+    return attack

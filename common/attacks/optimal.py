@@ -17,9 +17,12 @@ multiplies delta by ``ratio`` and then tries ``best + delta`` with delta shrinki
 each time (ByzFL's expansion and contraction phases, same defaults). The chosen factor and its
 distance are logged per round.
 
-Rules that keep state across rounds (CClip's center, Clipped Clustering's history) and protocols
-other than the gradient one (FLTrust's root gradient, signSGD, RSA, DiverseFL) are refused at
-start-up: evaluating them needs the server's state, which a worker does not hold.
+A rule that keeps a fixed-size state across rounds (CClip's center) is evaluated from the
+attacker's replica of that state: it starts as the server's (the rule's initial state) and
+advances each round on the honest messages and the chosen Byzantine rows, as the server's does
+on the same stack; it is part of the attack's checkpointed state. Clipped Clustering (a growing
+norm history) and protocols other than the gradient one (FLTrust's root gradient, signSGD, RSA,
+DiverseFL) are refused at start-up.
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ from common.attacks.omniscient import alie_vector, ipm_vector
 from common.errors import ConfigError
 from common.params import Param
 
-__all__ = ["line_search", "defense_distance", "unsupported", "OptALIE", "OptIPM"]
+__all__ = ["line_search", "defense_distance", "defense_eval", "unsupported", "OptALIE",
+           "OptIPM"]
 
 
 def line_search(score: Callable[[float], float], evals: int, start: float, delta: float,
@@ -63,18 +67,29 @@ def line_search(score: Callable[[float], float], evals: int, start: float, delta
     return best_x, best_y
 
 
-def defense_distance(defense: Defense, honest: Tensor, byz: Tensor, b: int, seed: int) -> float:
+def defense_distance(defense: Defense, honest: Tensor, byz: Tensor, b: int, seed: int,
+                     state: dict[str, Any] | None = None) -> float:
     """``||F([honest; b copies of byz]) - mean(honest)||`` for the defense F, its randomness drawn
-    from generators seeded with ``seed``."""
+    from generators seeded with ``seed``; a stateful rule starts from ``state``."""
+    return defense_eval(defense, honest, byz, b, seed, state)[0]
+
+
+def defense_eval(defense: Defense, honest: Tensor, byz: Tensor, b: int, seed: int,
+                 state: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+    """:func:`defense_distance` and the rule's state after the call (``{}`` for a stateless
+    rule): a fresh rule each call, so ``state`` itself is never changed."""
     n = honest.shape[0] + b
     stack = torch.cat([honest, byz.expand(b, -1)])
     chain = make_chain(defense.pre, n, defense.f)
     rule = RULES.get(defense.agg)(chain.out_count(n), defense.f, **defense.agg_params)
+    if state:
+        rule.load_state_dict(state)
     mask = torch.cat([torch.ones(honest.shape[0], dtype=torch.bool),
                       torch.zeros(b, dtype=torch.bool)])
     x = chain(stack, torch.Generator().manual_seed(seed), defense.f)
     out = rule(x, honest=mask, f=defense.f, generator=torch.Generator().manual_seed(seed + 1))
-    return float(torch.linalg.vector_norm((out - honest.mean(dim=0)).double()))
+    return (float(torch.linalg.vector_norm((out - honest.mean(dim=0)).double())),
+            rule.state_dict() if rule.stateful else {})
 
 
 def unsupported(agg: str) -> str | None:
@@ -84,9 +99,15 @@ def unsupported(agg: str) -> str | None:
     rule = RULES.get(agg)
     if rule.protocol != "gradient" or not rule.tensor_rule:  # FLTrust: the server's root gradient
         return f"{agg} needs the {rule.protocol} protocol's server"
-    if rule.stateful:
-        return f"{agg} keeps state across rounds"
+    if rule.stateful and not _fixed_size_state(rule):
+        return f"{agg} keeps a growing state across rounds"
     return None
+
+
+def _fixed_size_state(rule: type) -> bool:
+    """Whether a stateful rule's state is tensors (or None) of a fixed shape, which the attack
+    can replicate and send between ranks: CClip's center, not Clipped Clustering's history."""
+    return all(v is None for v in rule(3, 0).state_dict().values())
 
 
 def _search_params(delta: float) -> tuple[Param, ...]:
@@ -104,6 +125,25 @@ class _Optimal(Attack):
 
     def _setup(self, **values: Any) -> None:
         self.search = values
+        # The attacker's replica of a stateful rule's state (CClip's center): each round it
+        # advances on the round's honest rows and the chosen Byzantine rows, as the server's.
+        self.rule_state: dict[str, Any] = {}
+
+    def bind(self, defense: Defense) -> None:
+        super().bind(defense)
+        rule = RULES.get(defense.agg)
+        self.rule_state = rule(3, 0).state_dict() if rule.stateful else {}
+
+    @property
+    def stateful(self) -> bool:
+        return bool(self.rule_state)
+
+    def state_dict(self) -> dict:
+        return {k: v.detach().cpu().clone() if isinstance(v, Tensor) else v
+                for k, v in self.rule_state.items()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.rule_state = {k: d.get(k) for k in self.rule_state}
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -122,10 +162,18 @@ class _Optimal(Attack):
         b = inp.n - honest.shape[0]  # every Byzantine row of the round, on any process
         seed = int(torch.randint(0, 2**62, (1,), generator=inp.generator))
 
+        best: list = [None, None]  # (distance, rule state) of the best candidate so far
+
         def score(s: float) -> float:
-            return defense_distance(self.defense, honest, self.vector(honest, s), b, seed)
+            dist, state = defense_eval(self.defense, honest, self.vector(honest, s), b, seed,
+                                       self.rule_state)
+            if best[0] is None or dist > best[0]:  # line_search keeps the first maximum too
+                best[:] = [dist, state]
+            return dist
 
         s, dist = line_search(score, **self.search)
+        if self.rule_state:
+            self.rule_state = best[1]
         self.info = {"factor": s, "distance": dist}
         return repeat_rows(self.vector(honest, s), own.shape[0], own, out)
 
