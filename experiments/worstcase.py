@@ -5,15 +5,16 @@ Dirichlet 1.0, Dirichlet 0.1, sorted non-iid) x f in {1, 3, 5} of n = 25 is trai
 attack of :data:`ATTACK_SET` that applies to it; the report's number for the cell is the least
 final accuracy over those attacks, and which attack gave it. A cell is left out, with its
 reason in the report, where main.py refuses it (a rule's precondition after the chain, e.g.
-Bulyan's n >= 4f+3 on 13 buckets; opt-alie / opt-ipm against a rule a worker cannot evaluate),
+Bulyan's n >= 4f+3 on 13 buckets; opt-alie / opt-ipm against a rule whose state the attack
+cannot replicate),
 where an attack does not apply (Fang's trim attack aims at coordinate-wise rules) or where one
 call of the rule is too slow to repeat (SMEA's exact search over C(25, 5) subsets).
 Sizes (CPU time of one core, measured 2026-12-06 with the machine's two cores shared by four
 jobs): ``fmnist`` (the default) runs the ``defenses`` setting for 150 rounds, 1 seed, the five
-:data:`WORST_RULES`: 2160 runs of 3-5 s each, 10-31 s for opt-alie / opt-ipm (a sorted non-iid
-f = 5 slice of 180 runs took 1192 s), about 14,300 s = 4 h in all (an iid slice under a lighter
-load ran 0.87 of that per run); ``digits`` the same cells for 100 rounds (1.2 s per run,
-about 45 min); ``full`` every rule, 300 rounds, 3 seeds and 20 search evaluations: 22032 runs,
+:data:`WORST_RULES`: 2256 runs of 3-5 s each, 10-31 s for opt-alie / opt-ipm (a sorted non-iid
+f = 5 slice of 180 runs took 1192 s); the whole grid took 18728 s = 5.2 h (2026-12-07);
+``digits`` the same cells for 100 rounds (1.2 s per run,
+about 45 min); ``full`` every rule, 300 rounds, 3 seeds and 20 search evaluations: 22320 runs,
 about 120 CPU-hours (estimated from the fmnist times; not run).
 
 ``worstcase_byzfl``: ByzFL's benchmark (LPD-EPFL/byzfl, ``byzfl/benchmark/benchmark.py``'s

@@ -93,8 +93,9 @@ def defense_eval(defense: Defense, honest: Tensor, byz: Tensor, b: int, seed: in
 
 
 def unsupported(agg: str) -> str | None:
-    """Why opt-alie / opt-ipm cannot evaluate rule ``agg`` on a worker (it keeps state across
-    rounds, or needs another protocol's server), e.g. ``"cclip keeps state across rounds"``;
+    """Why opt-alie / opt-ipm cannot evaluate rule ``agg`` on a worker (it keeps a growing state
+    across rounds, or needs another protocol's server), e.g. ``"clippedclustering keeps a
+    growing state across rounds"``;
     None when they can."""
     rule = RULES.get(agg)
     if rule.protocol != "gradient" or not rule.tensor_rule:  # FLTrust: the server's root gradient
