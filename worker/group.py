@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
 from common.aggregation.rules import RULES
-from common.attacks import Attack, AttackInput, Defense, run_attack
+from common.attacks import Attack, AttackInput, run_attack, run_defense
 from common.compute.linear_grads import linear_layers, per_worker_gradients
 from common.compute.linear_steps import LinearSteps, linear_plan
 from common.compute.paths import choose_path
@@ -358,8 +358,10 @@ class WorkerGroup:
 
 def make_worker_group(cfg: Config, problem: Problem, ids: range, device: torch.device,
                       attack: Attack | None = None) -> WorkerGroup:
-    """The worker group of ``ids``, with a fresh attack object unless ``attack`` is given."""
+    """The worker group of ``ids``, with a fresh attack object unless ``attack`` is given (then
+    bound to the run's defense here)."""
     if attack is None:
-        attack = run_attack(cfg, problem.dataset.num_classes)
-    attack.bind(Defense(cfg.pre, cfg.agg, cfg.f, dict(cfg.agg_params)))
+        attack = run_attack(cfg, problem.dataset.num_classes)   # bound to the run's defense
+    else:
+        attack.bind(run_defense(cfg))
     return WorkerGroup(cfg, problem, ids, attack, device)

@@ -9,10 +9,11 @@ from common.attacks.base import (
     attack_names,
     make_attack,
     run_attack,
+    run_defense,
 )
 from common.params import discover
 
 __all__ = ["ATTACKS", "Attack", "AttackInput", "Defense", "attack_names", "make_attack",
-           "run_attack"]
+           "run_attack", "run_defense"]
 
 __all__ += discover(__name__, __path__, globals())

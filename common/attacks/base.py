@@ -37,7 +37,7 @@ from common.errors import ConfigError
 from common.params import Param, Registry
 
 __all__ = ["AttackInput", "Defense", "Attack", "ATTACKS", "attack_names", "make_attack",
-           "run_attack", "repeat_rows"]
+           "run_attack", "run_defense", "repeat_rows"]
 
 #: Every attack by name.
 ATTACKS = Registry("attack")
@@ -238,5 +238,10 @@ def run_attack(cfg, num_classes: int) -> Attack:
     part in every round."""
     attack = make_attack(cfg.attack, cfg.participants, cfg.sampled_byzantine, num_classes,
                          **cfg.attack_params)
-    attack.bind(Defense(cfg.pre, cfg.agg, cfg.f, dict(cfg.agg_params)))
+    attack.bind(run_defense(cfg))
     return attack
+
+
+def run_defense(cfg) -> Defense:
+    """What the server of the run ``cfg`` runs on the messages (for :meth:`Attack.bind`)."""
+    return Defense(cfg.pre, cfg.agg, cfg.f, dict(cfg.agg_params))

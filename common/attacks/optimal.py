@@ -105,10 +105,15 @@ def unsupported(agg: str) -> str | None:
     return None
 
 
+def _initial_state(rule: type) -> dict[str, Any]:
+    """A stateful rule's state before its first round."""
+    return rule(3, 0).state_dict()
+
+
 def _fixed_size_state(rule: type) -> bool:
     """Whether a stateful rule's state is tensors (or None) of a fixed shape, which the attack
     can replicate and send between ranks: CClip's center, not Clipped Clustering's history."""
-    return all(v is None for v in rule(3, 0).state_dict().values())
+    return all(v is None for v in _initial_state(rule).values())
 
 
 def _search_params(delta: float) -> tuple[Param, ...]:
@@ -133,7 +138,7 @@ class _Optimal(Attack):
     def bind(self, defense: Defense) -> None:
         super().bind(defense)
         rule = RULES.get(defense.agg)
-        self.rule_state = rule(3, 0).state_dict() if rule.stateful else {}
+        self.rule_state = _initial_state(rule) if rule.stateful else {}
 
     @property
     def stateful(self) -> bool:
